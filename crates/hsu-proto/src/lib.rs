@@ -1,0 +1,13 @@
+//! Code generated from `proto/` and nothing else: prost messages and tonic clients and servers.
+//! Conversions to and from the domain types live beside the code that needs them, one place per
+//! type; this crate holds no logic.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// `hsu.v1`: the public API of a cluster.
+pub mod v1 {
+    tonic::include_proto!("hsu.v1");
+}
+
+/// The encoded file descriptor set of every proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hsu_descriptor");

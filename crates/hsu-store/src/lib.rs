@@ -1,0 +1,34 @@
+//! The replicated, versioned key-value store that holds all HSU cluster state.
+//!
+//! One Raft group (openraft) over all servers; log, vote and state machine in sled. The state
+//! machine is a versioned KV in the manner of etcd: every key keeps its create and mod revision
+//! (the log index that wrote it) and a version; transactions compare those or the value and run
+//! one of two lists of operations; leases with a TTL delete their keys when they expire; watches
+//! stream every change under a prefix from a revision on. Reads are linearizable by default.
+//!
+//! The Raft network is the [`RaftTransport`] trait. [`Router`] implements it in process with
+//! fault injection for tests; real nodes carry it over QUIC.
+//!
+//! [`linearizability`] checks recorded client histories against a sequential model of this
+//! store; the randomized tests and the cluster tests use it.
+
+mod error;
+mod kv;
+mod lease;
+pub mod linearizability;
+mod network;
+mod router;
+mod storage;
+mod store;
+mod types;
+mod watch;
+
+pub use error::{Error, OpenError};
+pub use network::{serve_rpc, Connection, Network, RaftTransport, RpcKind, TransportError};
+pub use router::{Router, RouterTransport};
+pub use storage::log::LogStore;
+pub use storage::sm::StateMachine;
+pub use storage::DATA_VERSION;
+pub use store::{Consistency, RangeResult, Store, StoreConfig};
+pub use types::*;
+pub use watch::Watcher;

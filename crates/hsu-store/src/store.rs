@@ -1,0 +1,402 @@
+//! [`Store`]: one member of the replicated store. It owns the Raft instance, the state machine
+//! and the lease clock, and offers the versioned KV API: writes go through the Raft log, reads are
+//! linearizable (read index) or local, watches stream changes from the stored history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::{ChangeMembers, SnapshotPolicy};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::error::{Error, OpenError};
+use crate::lease::{leader_term, SharedLeaseClock};
+use crate::network::{Network, RaftTransport};
+use crate::storage::log::LogStore;
+use crate::storage::open_db;
+use crate::storage::sm::{SmShared, StateMachine};
+use crate::types::{
+    KeyRange, KeyValue, LeaseId, Member, NodeId, Op, OpResponse, Raft, Request, Response, Txn, TxnResponse,
+};
+use crate::watch::Watcher;
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader confirms with a quorum that it still leads, and answers once its state machine
+    /// has applied everything committed before the read began.
+    #[default]
+    Linearizable,
+    /// This member answers from its own state machine, which may be behind.
+    Local,
+}
+
+/// Settings of one member.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long a client request may wait for its answer.
+    pub request_timeout: Duration,
+    /// Build a snapshot after this many new log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower needs no snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Revisions of watch history kept.
+    pub history_revisions: u64,
+    /// How often the leader looks for expired leases.
+    pub lease_tick: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults tuned for a LAN: sub-second failover.
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            id,
+            data_dir: data_dir.into(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+            snapshot_every: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            history_revisions: 10_000,
+            lease_tick: Duration::from_millis(50),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Arc<openraft::Config>, OpenError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: "hsu".into(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            install_snapshot_timeout: ms(self.request_timeout).max(1000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            ..Default::default()
+        };
+        config.validate().map(Arc::new).map_err(|e| OpenError::Config(e.to_string()))
+    }
+}
+
+/// The answer to a range read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// True when the limit cut the answer short.
+    pub more: bool,
+    /// The store revision the answer reflects.
+    pub revision: u64,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    sm: Arc<SmShared>,
+    leases: SharedLeaseClock,
+    request_timeout: Duration,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One member of the store. Cloning gives another handle on the same member.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (or creates) the member's data directory and starts its Raft instance. A new
+    /// member is not part of any cluster until [`Store::initialize`] runs on it or a leader adds
+    /// it.
+    pub async fn open<T: RaftTransport>(config: StoreConfig, transport: T) -> Result<Store, OpenError> {
+        let raft_config = config.raft_config()?;
+        let db = open_db(&config.data_dir)?;
+        let log = LogStore::open(&db)?;
+        let sm = SmShared::open(&db, config.history_revisions)?;
+        drop(db);
+        let raft = Raft::new(config.id, raft_config, Network::new(transport), log, StateMachine { shared: sm.clone() })
+            .await
+            .map_err(|e| OpenError::Config(format!("raft does not start: {e}")))?;
+        let inner = Arc::new(Inner {
+            id: config.id,
+            raft,
+            sm,
+            leases: SharedLeaseClock::default(),
+            request_timeout: config.request_timeout,
+            stop: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let store = Store { inner };
+        let expiry = tokio::spawn(
+            lease_expiry_loop(Arc::downgrade(&store.inner), store.inner.stop.subscribe(), config.lease_tick)
+                .instrument(tracing::info_span!("lease_expiry", node = config.id)),
+        );
+        store.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(expiry);
+        Ok(store)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The Raft instance, for metrics and membership.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The index of the last entry this member applied.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.sm.read().last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Creates a cluster whose first voters are `members`; run on one of them only.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), Error> {
+        self.inner.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(e) => Error::InvalidRequest(e.to_string()),
+            RaftError::Fatal(f) => fatal(f),
+        })
+    }
+
+    /// Adds a non-voting member and waits until it has caught up with the log (by snapshot when
+    /// the log it needs was purged).
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), Error> {
+        self.inner.raft.add_learner(id, member, true).await.map(drop).map_err(membership_err)
+    }
+
+    /// Adds `id` as a voter: first as a learner that catches up, then promoted.
+    pub async fn add_voter(&self, id: NodeId, member: Member) -> Result<(), Error> {
+        self.add_learner(id, member).await?;
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(drop)
+            .map_err(membership_err)
+    }
+
+    /// Removes `id` from the cluster, whether it is a voter or a learner.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
+        let is_voter = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().any(|v| v == id)
+        };
+        let ids = BTreeSet::from([id]);
+        let change =
+            if is_voter { ChangeMembers::RemoveVoters(ids.clone()) } else { ChangeMembers::RemoveNodes(ids.clone()) };
+        self.inner.raft.change_membership(change, false).await.map_err(membership_err)?;
+        if is_voter {
+            // A removed voter stays a learner until it is removed as a node too.
+            self.inner.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await.map_err(membership_err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one key. Returns the revision of the write and the previous value.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        lease: LeaseId,
+    ) -> Result<(u64, Option<KeyValue>), Error> {
+        let txn = Txn { success: vec![Op::Put { key: key.into(), value: value.into(), lease }], ..Default::default() };
+        let resp = self.txn(txn).await?;
+        match resp.responses.into_iter().next() {
+            Some(OpResponse::Put { prev }) => Ok((resp.revision, prev)),
+            other => Err(Error::Fatal(format!("put answered with {other:?}"))),
+        }
+    }
+
+    /// Deletes one key or a prefix. Returns the revision and what was deleted.
+    pub async fn delete(&self, range: KeyRange) -> Result<(u64, Vec<KeyValue>), Error> {
+        let resp = self.txn(Txn { success: vec![Op::Delete { range }], ..Default::default() }).await?;
+        match resp.responses.into_iter().next() {
+            Some(OpResponse::Delete { prev }) => Ok((resp.revision, prev)),
+            other => Err(Error::Fatal(format!("delete answered with {other:?}"))),
+        }
+    }
+
+    /// Runs a transaction through the log.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        match self.write(Request::Txn(txn)).await? {
+            Response::Txn(r) => Ok(r),
+            other => Err(Error::Fatal(format!("transaction answered with {other:?}"))),
+        }
+    }
+
+    /// Reads keys.
+    pub async fn range(&self, range: KeyRange, limit: u64, consistency: Consistency) -> Result<RangeResult, Error> {
+        if consistency == Consistency::Linearizable {
+            self.read_barrier().await?;
+        }
+        let inner = self.inner.sm.read();
+        let (kvs, more) = inner.state.range(&range, limit);
+        Ok(RangeResult { kvs, more, revision: inner.state.revision })
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: impl Into<Vec<u8>>, consistency: Consistency) -> Result<Option<KeyValue>, Error> {
+        let r = self.range(KeyRange::Key(key.into()), 1, consistency).await?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    /// Creates a lease; keys put with it are deleted when it expires or is revoked.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, Error> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            return Err(Error::InvalidRequest("lease ttl must be at least 1ms, got 0".into()));
+        }
+        // The leader picks the id; apply stays deterministic because the id travels in the entry.
+        let id = rand::thread_rng().gen_range(1..=i64::MAX as u64);
+        match self.write(Request::LeaseGrant { id, ttl_ms }).await? {
+            Response::LeaseGranted { id, .. } => Ok(id),
+            other => Err(Error::Fatal(format!("lease grant answered with {other:?}"))),
+        }
+    }
+
+    /// Renews a lease for its full TTL. Served by the leader only.
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration, Error> {
+        self.read_barrier().await?;
+        let ttl = self
+            .inner
+            .sm
+            .read()
+            .state
+            .leases
+            .get(&id)
+            .map(|l| Duration::from_millis(l.ttl_ms))
+            .ok_or(Error::Rejected(crate::types::Rejection::LeaseNotFound(id)))?;
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner()).renew(id, ttl);
+        Ok(ttl)
+    }
+
+    /// Revokes a lease and deletes its keys. Returns how many keys were deleted.
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, Error> {
+        match self.write(Request::LeaseRevoke { id }).await? {
+            Response::LeaseRevoked { found: true, deleted } => Ok(deleted),
+            Response::LeaseRevoked { found: false, .. } => {
+                Err(Error::Rejected(crate::types::Rejection::LeaseNotFound(id)))
+            }
+            other => Err(Error::Fatal(format!("lease revoke answered with {other:?}"))),
+        }
+    }
+
+    /// Drops watch history at and below `revision` on every member.
+    pub async fn compact(&self, revision: u64) -> Result<u64, Error> {
+        match self.write(Request::Compact { revision }).await? {
+            Response::Compacted { revision } => Ok(revision),
+            other => Err(Error::Fatal(format!("compact answered with {other:?}"))),
+        }
+    }
+
+    /// Watches `range` from revision `start` (0: changes after the current revision), served
+    /// from this member's state machine.
+    pub fn watch(&self, range: KeyRange, start: u64) -> Result<Watcher, Error> {
+        let start = if start == 0 { self.applied_index() + 1 } else { start };
+        Watcher::new(&self.inner.sm, range, start)
+    }
+
+    /// Stops the member: its Raft instance and its background tasks. Other handles on it then
+    /// answer `Shutdown`; the data directory is released when the last handle is dropped.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(node = self.inner.id, "raft did not shut down cleanly: {e}");
+        }
+    }
+
+    async fn write(&self, req: Request) -> Result<Response, Error> {
+        let timeout = self.inner.request_timeout;
+        let resp = tokio::time::timeout(timeout, self.inner.raft.client_write(req))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|e| match e {
+                // openraft answers ForwardToLeader for a proposed entry only when the entry was
+                // truncated, so this error means the write did not and will not happen.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    Error::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+                }
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::InvalidRequest(e.to_string()),
+                RaftError::Fatal(f) => fatal(f),
+            })?;
+        match resp.data {
+            Response::Rejected(r) => Err(Error::Rejected(r)),
+            data => Ok(data),
+        }
+    }
+
+    /// Waits until a read from the local state machine is linearizable.
+    async fn read_barrier(&self) -> Result<(), Error> {
+        let timeout = self.inner.request_timeout;
+        tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable())
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+            .map(drop)
+            .map_err(|e| match e {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+                    Error::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+                }
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::Unavailable(q.to_string()),
+                RaftError::Fatal(f) => fatal(f),
+            })
+    }
+}
+
+fn fatal(f: Fatal<NodeId>) -> Error {
+    match f {
+        Fatal::Stopped => Error::Shutdown,
+        other => Error::Fatal(other.to_string()),
+    }
+}
+
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::InvalidRequest(e.to_string()),
+        RaftError::Fatal(f) => fatal(f),
+    }
+}
+
+/// The leader's side of lease expiry: find expired leases and propose their revocation.
+async fn lease_expiry_loop(store: std::sync::Weak<Inner>, mut stop: watch::Receiver<bool>, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(inner) = store.upgrade() else { return };
+        let expired = {
+            let term = leader_term(&inner.raft);
+            let leases: Vec<(LeaseId, Duration)> =
+                inner.sm.read().state.leases.iter().map(|(id, l)| (*id, Duration::from_millis(l.ttl_ms))).collect();
+            inner.leases.lock().unwrap_or_else(|p| p.into_inner()).expired(term, leases, tokio::time::Instant::now())
+        };
+        let store = Store { inner };
+        for id in expired {
+            match store.write(Request::LeaseRevoke { id }).await {
+                Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
+                // Retried on a later tick, by this member or by the next leader.
+                Err(e) => tracing::debug!(lease = id, "revoking expired lease failed: {e}"),
+            }
+        }
+    }
+}
