@@ -2,8 +2,10 @@
 //!
 //! Entries live in the `log` tree under their big-endian index; the vote, the committed log id
 //! and the last purged log id live in the `raft` tree. An append is flushed to disk (fsync)
-//! before openraft is told it is done, once per appended batch rather than once per entry: that
-//! batching is what lets many concurrent writers share one fsync.
+//! before openraft is told it is done. The flush runs on a flusher thread of its own: `append`
+//! hands it the callback and returns at once, so openraft goes on batching new entries (and
+//! answering heartbeats) while the disk syncs, and every append that queued up meanwhile shares
+//! the next fsync (group commit). That batching is what lets many writers share one fsync.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -32,6 +34,25 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     raft: sled::Tree,
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the database for every batch of queued appends, then completes their callbacks in
+/// order. sled's flush persists everything written before it, so one fsync covers the whole
+/// queue. The thread ends when the last `LogStore` handle is dropped.
+fn spawn_flusher(db: sled::Db) -> std::io::Result<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    std::thread::Builder::new().name("hsu-log-flush".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut waiting = vec![first];
+            waiting.extend(rx.try_iter());
+            let result = db.flush().map(drop).map_err(|e| e.to_string());
+            for callback in waiting {
+                callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 impl LogStore {
@@ -39,12 +60,9 @@ impl LogStore {
     /// location, instead of when openraft happens to read it.
     pub(crate) fn open(db: &sled::Db) -> Result<Self, OpenError> {
         let engine = |e: sled::Error| OpenError::Engine { path: Default::default(), detail: e.to_string() };
-        let store = LogStore {
-            db: db.clone(),
-            log: db.open_tree(LOG_TREE).map_err(engine)?,
-            raft: db.open_tree(RAFT_TREE).map_err(engine)?,
-        };
-        for item in store.raft.iter() {
+        let log = db.open_tree(LOG_TREE).map_err(engine)?;
+        let raft = db.open_tree(RAFT_TREE).map_err(engine)?;
+        for item in raft.iter() {
             let (k, v) = item.map_err(engine)?;
             let key = show_key(&k);
             let check = match &*k {
@@ -55,7 +73,7 @@ impl LogStore {
             check.map_err(|source| OpenError::Corrupt { tree: RAFT_TREE, key, source })?;
         }
         let mut expect: Option<u64> = None;
-        for item in store.log.iter() {
+        for item in log.iter() {
             let (k, v) = item.map_err(engine)?;
             let Some(index) = from_be(&k) else {
                 return Err(OpenError::Inconsistent {
@@ -84,7 +102,9 @@ impl LogStore {
             }
             expect = Some(index + 1);
         }
-        Ok(store)
+        let flusher = spawn_flusher(db.clone())
+            .map_err(|e| OpenError::Engine { path: Default::default(), detail: format!("log flusher thread: {e}") })?;
+        Ok(LogStore { db: db.clone(), log, raft, flusher })
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -184,14 +204,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&be(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        // Tell openraft only once the batch is on disk.
-        let flushed = self.flush().await;
-        let failed = flushed.as_ref().err().map(StorageIOError::write_logs);
-        callback.log_io_completed(flushed);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        // openraft learns that the batch is durable from the callback, once the flusher synced it.
+        self.flusher
+            .send(callback)
+            .map_err(|_| StorageIOError::write_logs(AnyError::error("the log flusher thread has stopped")))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> StorageResult<()> {

@@ -13,3 +13,4 @@ mod t60_cas;
 mod t70_watch;
 mod t80_lease;
 mod t90_corruption;
+mod t95_linearizability;
