@@ -33,52 +33,73 @@ async fn main() {
     let members: BTreeMap<_, _> =
         (1..=3u64).map(|id| (id, Member::new(format!("n{id}"), format!("inproc:{id}")))).collect();
     stores[0].initialize(members).await.expect("initialize");
-    let leader = loop {
-        if let Some(l) = stores[0].raft().metrics().borrow().current_leader {
-            break stores[(l - 1) as usize].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let stores = Arc::new(stores);
+    leader(&stores).await;
 
     println!("hsu-store: 3 in-process members, sled with fsync per appended batch, {VALUE_LEN}-byte values, {secs}s per step");
     println!("data in {}", dir.path().display());
-    println!("{:>8} {:>10} {:>10} {:>10} {:>10}", "writers", "ops", "ops/s", "p50 ms", "p99 ms");
+    println!("{:>8} {:>10} {:>10} {:>10} {:>10} {:>8}", "writers", "ops", "ops/s", "p50 ms", "p99 ms", "errors");
     let value = Arc::new(vec![b'x'; VALUE_LEN]);
     for writers in [1usize, 16, 64] {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
         for w in 0..writers {
-            let (store, value) = (leader.clone(), value.clone());
+            let (stores, value) = (stores.clone(), value.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut errors = 0u64;
                 let mut n = 0u64;
+                let mut store = leader(&stores).await;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    store.put(format!("bench/{writers}/{w}/{n}"), value.as_slice(), 0).await.expect("put");
-                    lat.push(t.elapsed());
+                    match store.put(format!("bench/{writers}/{w}/{n}"), value.as_slice(), 0).await {
+                        Ok(_) => lat.push(t.elapsed()),
+                        // A leader change under load: count it and follow the new leader.
+                        Err(_) => {
+                            errors += 1;
+                            store = leader(&stores).await;
+                        }
+                    }
                     n += 1;
                 }
-                lat
+                (lat, errors)
             }));
         }
         let started = Instant::now();
         let mut lat = Vec::new();
+        let mut errors = 0;
         for t in tasks {
-            lat.extend(t.await.expect("writer"));
+            let (l, e) = t.await.expect("writer");
+            lat.extend(l);
+            errors += e;
         }
         let elapsed = started.elapsed().as_secs_f64();
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
         println!(
-            "{:>8} {:>10} {:>10.0} {:>10.2} {:>10.2}",
+            "{:>8} {:>10} {:>10.0} {:>10.2} {:>10.2} {:>8}",
             writers,
             lat.len(),
             lat.len() as f64 / elapsed,
             pct(0.50),
-            pct(0.99)
+            pct(0.99),
+            errors
         );
     }
-    for s in &stores {
+    for s in stores.iter() {
         s.shutdown().await;
+    }
+}
+
+/// The member that currently leads, once the members agree there is one.
+async fn leader(stores: &[Store]) -> Store {
+    loop {
+        if let Some(l) = stores[0].raft().metrics().borrow().current_leader {
+            let s = &stores[(l - 1) as usize];
+            if s.raft().metrics().borrow().state == openraft::ServerState::Leader {
+                return s.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

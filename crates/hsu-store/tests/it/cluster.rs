@@ -47,6 +47,10 @@ impl Cluster {
 
     pub fn config(&self, id: NodeId) -> StoreConfig {
         let mut cfg = StoreConfig::new(id, self.data_dir(id));
+        // Fast elections keep the fault scenarios short; the data is small, so fsyncs are quick.
+        cfg.heartbeat_interval = Duration::from_millis(50);
+        cfg.election_timeout_min = Duration::from_millis(150);
+        cfg.election_timeout_max = Duration::from_millis(300);
         cfg.request_timeout = Duration::from_secs(3);
         (self.tune)(&mut cfg);
         cfg

@@ -176,7 +176,12 @@ async fn run(seed: u64) {
     assert!(ok >= 400, "seed {seed}: only {ok} operations succeeded; the run checks little");
     match Checker::new().check(&history) {
         Verdict::Linearizable => {}
-        other => panic!("seed {seed}: history is not linearizable: {other:?}"),
+        Verdict::NotLinearizable { key, reason, .. } => {
+            panic!("seed {seed}: key {} is not linearizable: {reason}", String::from_utf8_lossy(&key))
+        }
+        Verdict::Unknown { key, explored } => {
+            panic!("seed {seed}: key {} undecided after {explored} states", String::from_utf8_lossy(&key))
+        }
     }
     // After the faults stop, the cluster converges and serves writes.
     c.converged().await;
