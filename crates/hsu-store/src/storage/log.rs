@@ -120,11 +120,7 @@ impl LogStore {
 
     /// Flushes every tree of the database to disk (fsync) off the async runtime.
     pub(crate) async fn flush(&self) -> std::io::Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(drop))
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)
+        super::flush(&self.db).await
     }
 
     fn last_entry_id(&self) -> StorageResult<Option<LogId>> {

@@ -69,6 +69,15 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
+/// Flushes every tree of `db` to disk (fsync) off the async runtime.
+pub(crate) async fn flush(db: &sled::Db) -> std::io::Result<()> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush().map(drop))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)?;

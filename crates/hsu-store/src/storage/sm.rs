@@ -219,11 +219,7 @@ impl SmShared {
 
     /// Flushes every tree to disk (fsync) off the async runtime.
     async fn flush(&self) -> std::io::Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(drop))
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)
+        super::flush(&self.db).await
     }
 
     fn apply_entries(
