@@ -3,6 +3,7 @@
 //! nothing async, so that its rules can be tested on plain values.
 
 pub mod codec;
+pub mod duration;
 pub mod id;
 
 pub use codec::{decode_record, encode_record, CodecError};

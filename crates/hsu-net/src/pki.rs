@@ -992,6 +992,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Encodes DER as a PEM block with 64-character lines (RFC 7468).
+/// A DER certificate as PEM text (what tonic, grpc libraries and files want).
+pub fn cert_der_to_pem(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
 fn pem_encode(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);

@@ -30,15 +30,16 @@ pub enum OpenError {
     Config(String),
 }
 
-/// Why a request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a request failed. Serializable, so that a member can return it for a request another
+/// member forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// This member is not the leader; nothing was proposed. `leader` is the leader this member
     /// knows of, if any.
     #[error("not the leader{}", match .leader { Some((id, m)) => format!("; the leader is node {id} ({m})"), None => "; no leader is known".to_string() })]
     NotLeader { leader: Option<(NodeId, Member)> },
     /// No answer in time. A write that timed out may still be applied later.
-    #[error("no answer within {0:?}; a write may or may not have been applied")]
+    #[error("no answer within {}ms; a write may or may not have been applied", .0.as_millis())]
     Timeout(Duration),
     /// The leader could not reach a quorum to confirm a read.
     #[error("no quorum: {0}")]

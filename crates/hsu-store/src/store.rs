@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 use openraft::{ChangeMembers, SnapshotPolicy};
 use rand::Rng;
 use tokio::sync::watch;
@@ -92,7 +92,7 @@ impl StoreConfig {
 }
 
 /// The answer to a range read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
     /// True when the limit cut the answer short.
@@ -187,6 +187,12 @@ impl Store {
             .map_err(membership_err)
     }
 
+    /// Updates what membership records about `id` (its address after it moved).
+    pub async fn set_member(&self, id: NodeId, member: Member) -> Result<(), Error> {
+        let nodes = BTreeMap::from([(id, member)]);
+        self.inner.raft.change_membership(ChangeMembers::SetNodes(nodes), false).await.map(drop).map_err(membership_err)
+    }
+
     /// Removes `id` from the cluster, whether it is a voter or a learner.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
         let is_voter = {
@@ -242,9 +248,7 @@ impl Store {
         if consistency == Consistency::Linearizable {
             self.read_barrier().await?;
         }
-        let inner = self.inner.sm.read();
-        let (kvs, more) = inner.state.range(&range, limit);
-        Ok(RangeResult { kvs, more, revision: inner.state.revision })
+        Ok(self.range_local(&range, limit))
     }
 
     /// Reads one key.
@@ -322,6 +326,20 @@ impl Store {
         }
     }
 
+    /// Proposes a raw request through the log (what `put`, `txn` and the lease calls build).
+    /// A node uses it to run a request that another member forwarded to it.
+    pub async fn propose(&self, req: Request) -> Result<Response, Error> {
+        self.write(req).await
+    }
+
+    /// Reads keys from this member's state machine without waiting: for hot paths that accept a
+    /// possibly stale answer (credential lookups on every API call).
+    pub fn range_local(&self, range: &KeyRange, limit: u64) -> RangeResult {
+        let inner = self.inner.sm.read();
+        let (kvs, more) = inner.state.range(range, limit);
+        RangeResult { kvs, more, revision: inner.state.revision }
+    }
+
     async fn write(&self, req: Request) -> Result<Response, Error> {
         let timeout = self.inner.request_timeout;
         let resp = tokio::time::timeout(timeout, self.inner.raft.client_write(req))
@@ -370,6 +388,10 @@ fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Err
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             Error::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
+        // Another change is still being committed: nothing was done, and trying again later works.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            Error::Unavailable(format!("another membership change is in progress: {p}"))
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::InvalidRequest(e.to_string()),
         RaftError::Fatal(f) => fatal(f),

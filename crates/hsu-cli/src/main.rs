@@ -1,0 +1,599 @@
+//! `hsu`: starts nodes (`hsu node init|join|run`) and talks to a cluster's gRPC API. Thin: the
+//! work is done by the `hsu` crate; this file parses arguments and prints answers. Errors go to
+//! stderr with exit code 1 (2 for bad usage).
+
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use hsu::bootstrap::{self, InitOptions, JoinOptions};
+use hsu::client::{self, ClientConfig};
+use hsu::{Node, Tuning};
+use hsu_proto::v1 as pb;
+use output::{print, table, Format};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "hsu", version, about = "HSU: a lightweight orchestrator for edge, embedded and ML-serving fleets")]
+struct Cli {
+    /// Client config (endpoint and credentials); default $HSU_CONFIG, then ~/.hsu/config.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// HOST:PORT of the API to talk to, instead of the one in the config.
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, join, run and manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Join tokens and API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Leader, term, commit index and members.
+    Status,
+    /// Read and write the cluster's key-value store.
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(clap::Args)]
+struct Timing {
+    /// Raft heartbeat interval.
+    #[arg(long, value_parser = duration, default_value = "100ms")]
+    heartbeat: Duration,
+    /// Raft election timeout (randomized between this and twice this).
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    election_timeout: Duration,
+}
+
+impl Timing {
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            heartbeat_interval: self.heartbeat,
+            election_timeout_min: self.election_timeout,
+            election_timeout_max: self.election_timeout * 2,
+            ..Tuning::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Create a cluster with this machine as its first node, and run it in the foreground.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Node-to-node (QUIC) address.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// gRPC API address.
+        #[arg(long)]
+        api: SocketAddr,
+        /// Node name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "hsu")]
+        cluster_name: String,
+        /// Voters that `--role auto` joins aim for (3 or 5).
+        #[arg(long, default_value_t = 3)]
+        voters: u32,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Enroll this machine into a cluster with a join token, and run it in the foreground.
+    Join {
+        /// HOST:PORT of any node's API.
+        server: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        api: SocketAddr,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "auto")]
+        role: Role,
+        #[arg(long, default_value_t = 3)]
+        voters: u32,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Restart a node from its data directory.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A new node-to-node address (the node keeps its identity).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// The nodes of the cluster.
+    List,
+    /// The node at the endpoint leaves the cluster gracefully and stops.
+    Leave,
+    /// Remove a node by force and revoke its certificate.
+    Remove { id: u64 },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Auto,
+    Voter,
+    Learner,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ApiRoleArg {
+    Admin,
+    ReadOnly,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token (default) or, with --api, a bearer token for API clients.
+    Create {
+        /// Validity, e.g. 1h, 24h, 7d (join tokens default to 24h; API tokens do not expire).
+        #[arg(long, value_parser = duration)]
+        ttl: Option<Duration>,
+        /// How many joins the token allows (default unlimited).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Make an API token instead of a join token.
+        #[arg(long)]
+        api: bool,
+        /// The role of an API token.
+        #[arg(long, value_enum, default_value = "admin")]
+        role: ApiRoleArg,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    Put {
+        key: String,
+        value: String,
+        /// Only if the key's mod revision is this (0: only if the key does not exist).
+        #[arg(long)]
+        if_revision: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+    },
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Answer from the serving node's own state (may be stale) instead of a linearizable read.
+        #[arg(long)]
+        local: bool,
+        #[arg(long)]
+        keys_only: bool,
+    },
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// First revision to show (default: changes from now on).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    hsu_model::duration::parse_duration(s)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let node_cmd = matches!(
+        cli.command,
+        Command::Node(NodeCommand::Init { .. } | NodeCommand::Join { .. } | NodeCommand::Run { .. })
+    );
+    let default_filter = if node_cmd { "info,openraft=warn,quinn=warn,sled=warn" } else { "warn" };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HSU_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(NodeCommand::Init { data_dir, listen, api, name, cluster_name, voters, timing }) => {
+            let opts = InitOptions {
+                data_dir: data_dir.clone(),
+                listen,
+                api,
+                name,
+                cluster_name,
+                voters,
+                tuning: timing.tuning(),
+            };
+            let init = bootstrap::init(opts).await?;
+            println!("cluster created; this node is {} (id 1)", init.node.name());
+            println!("admin config: {}", data_dir.join("admin.conf").display());
+            println!("join token (also in {}):", data_dir.join("join-token").display());
+            println!("{}", init.join_token);
+            foreground(init.node).await
+        }
+        Command::Node(NodeCommand::Join { server, token, data_dir, listen, api, name, role, voters, timing }) => {
+            let role = match role {
+                Role::Auto => pb::Role::Auto,
+                Role::Voter => pb::Role::Voter,
+                Role::Learner => pb::Role::Learner,
+            };
+            let opts =
+                JoinOptions { server, token, data_dir, listen, api, name, role, voters, tuning: timing.tuning() };
+            let node = bootstrap::join(opts, |step| eprintln!("join: {step}")).await?;
+            println!("joined; this node is {} (id {})", node.name(), node.id());
+            foreground(node).await
+        }
+        Command::Node(NodeCommand::Run { data_dir, listen, api, timing }) => {
+            let node = bootstrap::run(data_dir, listen, api, timing.tuning()).await?;
+            println!("running node {} (id {})", node.name(), node.id());
+            foreground(node).await
+        }
+        command => client_command(&cli.config, cli.endpoint.as_deref(), cli.output, command).await,
+    }
+}
+
+/// Runs a node until it is asked to stop (SIGINT, SIGTERM, or `hsu node leave`).
+async fn foreground(node: Node) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = node.stopped() => {}
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<ClientConfig> {
+    let path = match path {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("HSU_CONFIG") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let home =
+                    std::env::var_os("HOME").ok_or_else(|| anyhow!("no --config, no $HSU_CONFIG and no $HOME"))?;
+                PathBuf::from(home).join(".hsu/config")
+            }
+        },
+    };
+    if !path.exists() {
+        bail!(
+            "no client config at {}: pass --config FILE or set $HSU_CONFIG (`hsu node init` writes DATA_DIR/admin.conf)",
+            path.display()
+        );
+    }
+    Ok(ClientConfig::load(&path)?)
+}
+
+/// A gRPC status as an error message: what went wrong, in the server's words.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Unauthenticated => "unauthenticated",
+        PermissionDenied => "permission denied",
+        InvalidArgument => "invalid argument",
+        NotFound => "not found",
+        FailedPrecondition => "failed precondition",
+        Unavailable => "unavailable",
+        DeadlineExceeded => "deadline exceeded",
+        OutOfRange => "out of range",
+        _ => "error",
+    }
+}
+
+#[derive(Serialize)]
+struct KvOut {
+    key: String,
+    value: String,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    lease: u64,
+}
+
+fn kv_out(kv: pb::KeyValue) -> KvOut {
+    KvOut {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: String::from_utf8_lossy(&kv.value).into_owned(),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
+async fn client_command(
+    config: &Option<PathBuf>,
+    endpoint: Option<&str>,
+    out: Format,
+    command: Command,
+) -> anyhow::Result<()> {
+    let cfg = load_config(config)?;
+    let (mut cluster, mut kv) = client::connect(&cfg, endpoint).await?;
+    match command {
+        Command::Status => {
+            let s = cluster.status(pb::StatusRequest {}).await.map_err(status)?.into_inner();
+            let value = serde_json::json!({
+                "leader": s.leader,
+                "leader_id": s.leader_id,
+                "term": s.term,
+                "commit_index": s.commit_index,
+                "applied_index": s.applied_index,
+                "cluster_name": s.cluster_name,
+                "served_by": s.served_by,
+                "members": s.members.iter().map(|m| serde_json::json!({
+                    "id": m.id, "name": m.name, "role": m.role, "address": m.address,
+                    "api_address": m.api_address, "healthy": m.healthy, "matched_index": m.matched_index,
+                })).collect::<Vec<_>>(),
+            });
+            print(out, &value, |_| {
+                let head = format!(
+                    "cluster {}: leader {} (id {}), term {}, commit index {}\n\n",
+                    s.cluster_name,
+                    if s.leader.is_empty() { "<none>" } else { &s.leader },
+                    s.leader_id,
+                    s.term,
+                    s.commit_index
+                );
+                let rows = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.name.clone(),
+                            m.role.clone(),
+                            m.address.clone(),
+                            m.api_address.clone(),
+                            if m.healthy { "healthy" } else { "unhealthy" }.into(),
+                            m.matched_index.to_string(),
+                        ]
+                    })
+                    .collect();
+                head + &table(&["ID", "NAME", "ROLE", "ADDRESS", "API", "HEALTH", "MATCHED"], rows)
+            })
+        }
+        Command::Node(NodeCommand::List) => {
+            let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.map_err(status)?.into_inner().nodes;
+            let value: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({"id": n.id, "name": n.name, "role": n.role, "address": n.address,
+                        "api_address": n.api_address, "version": n.version, "joined_unix_ms": n.joined_unix_ms})
+                })
+                .collect();
+            print(out, &value, |_| {
+                let rows = nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.to_string(),
+                            n.name.clone(),
+                            n.role.clone(),
+                            n.address.clone(),
+                            n.api_address.clone(),
+                            n.version.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "ROLE", "ADDRESS", "API", "VERSION"], rows)
+            })
+        }
+        Command::Node(NodeCommand::Leave) => {
+            let r = cluster.leave(pb::LeaveRequest {}).await.map_err(status)?.into_inner();
+            print(out, &serde_json::json!({"left": r.node_id}), |_| {
+                format!("node {} left the cluster and is stopping\n", r.node_id)
+            })
+        }
+        Command::Node(NodeCommand::Remove { id }) => {
+            cluster.remove_node(pb::RemoveNodeRequest { id }).await.map_err(status)?;
+            print(out, &serde_json::json!({"removed": id}), |_| {
+                format!("node {id} removed; its certificate is revoked\n")
+            })
+        }
+        Command::Token(TokenCommand::Create { ttl, uses, api, role, description }) => {
+            let req = pb::CreateTokenRequest {
+                kind: if api { pb::TokenKind::Api } else { pb::TokenKind::Join } as i32,
+                ttl_seconds: ttl.map_or(0, |t| t.as_secs().max(1)),
+                uses: uses.unwrap_or(0),
+                role: match role {
+                    ApiRoleArg::Admin => pb::ApiRole::Admin,
+                    ApiRoleArg::ReadOnly => pb::ApiRole::ReadOnly,
+                } as i32,
+                description,
+            };
+            let r = cluster.create_token(req).await.map_err(status)?.into_inner();
+            let value = serde_json::json!({"token": r.token, "id": r.id, "expires_unix_ms": r.expires_unix_ms});
+            print(out, &value, |_| format!("{}\n", r.token))
+        }
+        Command::Token(TokenCommand::List) => {
+            let tokens = cluster.list_tokens(pb::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens;
+            let kind = |t: &pb::TokenInfo| if t.kind == pb::TokenKind::Api as i32 { "api" } else { "join" };
+            let role = |t: &pb::TokenInfo| if t.role == pb::ApiRole::ReadOnly as i32 { "read-only" } else { "admin" };
+            let value: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"id": t.id, "kind": kind(t), "role": role(t), "created_unix_ms": t.created_unix_ms,
+                        "expires_unix_ms": t.expires_unix_ms, "uses_left": t.uses_left, "revoked": t.revoked,
+                        "description": t.description})
+                })
+                .collect();
+            print(out, &value, |_| {
+                let rows = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            kind(t).into(),
+                            if kind(t) == "api" { role(t).into() } else { "-".into() },
+                            if t.expires_unix_ms == 0 { "never".into() } else { t.expires_unix_ms.to_string() },
+                            t.uses_left.map_or("unlimited".into(), |u| u.to_string()),
+                            if t.revoked { "revoked" } else { "valid" }.into(),
+                            t.description.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "KIND", "ROLE", "EXPIRES_MS", "USES_LEFT", "STATE", "DESCRIPTION"], rows)
+            })
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            cluster.revoke_token(pb::RevokeTokenRequest { id: id.clone() }).await.map_err(status)?;
+            print(out, &serde_json::json!({"revoked": id}), |_| format!("token {id} revoked\n"))
+        }
+        Command::Kv(KvCommand::Put { key, value, if_revision, lease }) => {
+            let revision = match if_revision {
+                None => {
+                    let r = kv
+                        .put(pb::PutRequest { key: key.into_bytes(), value: value.into_bytes(), lease, prev_kv: false })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    r.header.map_or(0, |h| h.revision)
+                }
+                Some(rev) => {
+                    let put = pb::RequestOp {
+                        request: Some(pb::request_op::Request::Put(pb::PutRequest {
+                            key: key.clone().into_bytes(),
+                            value: value.into_bytes(),
+                            lease,
+                            prev_kv: false,
+                        })),
+                    };
+                    let cmp = pb::Compare {
+                        key: key.clone().into_bytes(),
+                        target: pb::compare::Target::ModRevision as i32,
+                        result: pb::compare::Result::Equal as i32,
+                        value: vec![],
+                        number: rev,
+                    };
+                    let r = kv
+                        .txn(pb::TxnRequest { compare: vec![cmp], success: vec![put], failure: vec![] })
+                        .await
+                        .map_err(status)?
+                        .into_inner();
+                    if !r.succeeded {
+                        bail!("failed precondition: {key} is no longer at revision {rev}; nothing was written");
+                    }
+                    r.header.map_or(0, |h| h.revision)
+                }
+            };
+            print(out, &serde_json::json!({"revision": revision}), |_| format!("OK (revision {revision})\n"))
+        }
+        Command::Kv(KvCommand::Get { key, prefix, local, keys_only }) => {
+            let consistency = if local { pb::Consistency::Local } else { pb::Consistency::Linearizable };
+            let r = kv
+                .range(pb::RangeRequest {
+                    key: key.clone().into_bytes(),
+                    prefix,
+                    limit: 0,
+                    consistency: consistency as i32,
+                    keys_only,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if r.kvs.is_empty() && !prefix {
+                bail!("not found: key {key:?}");
+            }
+            let kvs: Vec<KvOut> = r.kvs.into_iter().map(kv_out).collect();
+            print(out, &kvs, |kvs| {
+                let rows = kvs
+                    .iter()
+                    .map(|k| vec![k.key.clone(), k.value.clone(), k.mod_revision.to_string(), k.version.to_string()])
+                    .collect();
+                table(&["KEY", "VALUE", "REVISION", "VERSION"], rows)
+            })
+        }
+        Command::Kv(KvCommand::Del { key, prefix }) => {
+            let r = kv
+                .delete(pb::DeleteRequest { key: key.into_bytes(), prefix, prev_kv: false })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(out, &serde_json::json!({"deleted": r.deleted}), |_| format!("deleted {}\n", r.deleted))
+        }
+        Command::Kv(KvCommand::Watch { key, prefix, from_revision, count }) => {
+            let mut stream = kv
+                .watch(pb::WatchRequest { key: key.into_bytes(), prefix, start_revision: from_revision })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut seen = 0u64;
+            while let Some(msg) = stream.message().await.map_err(status)? {
+                if msg.compact_revision != 0 {
+                    bail!(
+                        "out of range: history up to revision {} is compacted; watch from a later revision",
+                        msg.compact_revision
+                    );
+                }
+                for e in msg.events {
+                    let kind = if e.r#type == pb::event::EventType::Delete as i32 { "DELETE" } else { "PUT" };
+                    let kv = kv_out(e.kv.unwrap_or_default());
+                    match out {
+                        Format::Table => println!("{kind} {} {} (revision {})", kv.key, kv.value, kv.mod_revision),
+                        _ => println!("{}", serde_json::json!({"type": kind, "kv": kv})),
+                    }
+                    seen += 1;
+                    if count.is_some_and(|c| seen >= c) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Node(_) => unreachable!("node commands that start a node are handled before"),
+    }
+}

@@ -1,0 +1,99 @@
+//! The public gRPC API: `hsu.v1.Cluster` and `hsu.v1.KV`, plus `grpc.health.v1` and server
+//! reflection, over TCP with TLS. Clients authenticate with a certificate of the cluster CA
+//! (the admin credential) or a bearer API token; the TLS layer refuses revoked node certificates
+//! at the handshake, the services check roles per call ([`auth`]).
+
+pub mod auth;
+mod cluster;
+pub mod convert;
+mod kv;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hsu_net::pki::{self, RevocationCheck};
+use hsu_proto::v1::cluster_server::ClusterServer;
+use hsu_proto::v1::kv_server::KvServer;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+/// Largest gRPC message the API accepts or sends.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Binds the API address and serves it until the node stops.
+pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) -> Result<(), NodeError> {
+    let tls = pki::server_config_optional_client_auth(&node.pki().node, ca_der, is_revoked, &[b"h2"])?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let addr = node.api_addr();
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| NodeError::Io(format!("api address {addr}: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| NodeError::Io(e.to_string()))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| NodeError::Io(e.to_string()))?;
+
+    // TLS handshakes run in their own tasks, so a slow or silent client holds up nobody else.
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let accept_node = node.clone();
+    tokio::spawn(
+        async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => { tracing::warn!("api accept failed: {e}"); continue; }
+                    },
+                    _ = accept_node.stopped() => return,
+                };
+                let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "api tls handshake refused: {e}"),
+                        Err(_) => tracing::debug!(%peer, "api tls handshake timed out"),
+                    }
+                });
+            }
+        }
+        .instrument(tracing::info_span!("api_accept", %addr)),
+    );
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsu_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
+    let cluster = ClusterServer::new(cluster::ClusterApi { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let kv = KvServer::new(kv::KvApi { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let serve_node = node.clone();
+    tokio::spawn(
+        async move {
+            health_reporter.set_serving::<ClusterServer<cluster::ClusterApi>>().await;
+            health_reporter.set_serving::<KvServer<kv::KvApi>>().await;
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
+            let result = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(cluster)
+                .add_service(kv)
+                .serve_with_incoming_shutdown(incoming, serve_node.stopped())
+                .await;
+            if let Err(e) = result {
+                tracing::error!("api server stopped: {e}");
+            }
+        }
+        .instrument(tracing::info_span!("api", %addr)),
+    );
+    Ok(())
+}
+
+/// The sha256 of the first certificate of a PEM bundle: what a join token pins.
+pub fn cluster_fingerprint(pem: &str) -> Option<[u8; 32]> {
+    cluster::pem_fingerprint(pem)
+}

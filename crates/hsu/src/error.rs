@@ -1,0 +1,63 @@
+//! The node's errors, and their mapping to gRPC statuses in one place.
+
+use hsu_store::Error as StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Open(#[from] hsu_store::OpenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] hsu_net::pki::PkiError),
+    #[error(transparent)]
+    Net(#[from] hsu_net::quic::NetError),
+    #[error("join refused: {0}")]
+    Join(String),
+    #[error("{0}")]
+    Api(String),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+}
+
+/// The gRPC status for a store error: what the client can act on gets a specific code.
+pub fn status_of(e: StoreError) -> tonic::Status {
+    use tonic::Code;
+    let code = match &e {
+        StoreError::NotLeader { .. } | StoreError::Unavailable(_) | StoreError::Shutdown => Code::Unavailable,
+        StoreError::Timeout(_) => Code::DeadlineExceeded,
+        StoreError::Compacted { .. } => Code::OutOfRange,
+        StoreError::Rejected(_) => Code::FailedPrecondition,
+        StoreError::InvalidRequest(_) => Code::InvalidArgument,
+        StoreError::Fatal(_) => Code::Internal,
+    };
+    tonic::Status::new(code, e.to_string())
+}
+
+impl From<NodeError> for tonic::Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(s) => status_of(s),
+            NodeError::Peer(p) => p.into(),
+            NodeError::Join(m) => tonic::Status::permission_denied(format!("join refused: {m}")),
+            NodeError::Config(m) => tonic::Status::invalid_argument(m),
+            other => tonic::Status::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::peer::PeerError> for tonic::Status {
+    fn from(e: crate::peer::PeerError) -> Self {
+        use crate::peer::PeerError;
+        match e {
+            PeerError::Store(s) => status_of(s),
+            PeerError::Denied(m) => tonic::Status::permission_denied(m),
+            PeerError::Invalid(m) => tonic::Status::invalid_argument(m),
+            PeerError::NotFound(m) => tonic::Status::not_found(format!("{m} not found")),
+        }
+    }
+}

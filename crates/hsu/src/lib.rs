@@ -1,0 +1,15 @@
+//! The HSU node: the replicated store, the QUIC node-to-node network and the public gRPC API,
+//! composed. `bootstrap` starts a node (init, join, run); [`Node`] is the running node, usable
+//! as a library (the master embedded in a user's own service).
+
+pub mod api;
+pub mod bootstrap;
+pub mod client;
+pub mod datadir;
+pub mod error;
+pub mod node;
+pub mod peer;
+pub mod records;
+
+pub use error::NodeError;
+pub use node::{ClusterStatus, MemberStatus, Node, Tuning};

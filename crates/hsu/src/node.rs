@@ -1,0 +1,643 @@
+//! [`Node`]: one machine of the cluster with its store member, its QUIC endpoint and its gRPC
+//! API. A node forwards what only the leader can do (writes, linearizable reads, lease
+//! keep-alives, joins and membership changes) to the leader over QUIC, and answers local reads
+//! and watches itself.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hsu_model::NodeId;
+use hsu_net::pki::{self, certs_from_pem, identity_of, sha256, ClusterCa, Identity, RevocationCheck};
+use hsu_net::quic::{Endpoint, EndpointConfig, ALPN};
+use hsu_net::token::{JoinToken, TokenRecord};
+use hsu_store::{
+    Compare, CompareOp, CompareTarget, Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request,
+    Response, Store, StoreConfig, Txn,
+};
+use openraft::ServerState;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::datadir::{DataDir, NodeState, Pki};
+use crate::error::NodeError;
+use crate::peer::{
+    call_peer, HealthView, JoinGrant, JoinGrantBox, JoinTicket, LastContact, PeerCallError, PeerError, PeerHandler,
+    PeerReply, PeerRequest, QuicRaftTransport, RoleWish,
+};
+use crate::records::{self, ApiRole, CaRecord, NodeRecord, TokenEntry, TokenKind};
+
+/// Timings of a node; the defaults suit a LAN.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub request_timeout: Duration,
+    /// How long a membership change (a learner catching up) may take.
+    pub membership_timeout: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let store = StoreConfig::new(0, "");
+        Tuning {
+            heartbeat_interval: store.heartbeat_interval,
+            election_timeout_min: store.election_timeout_min,
+            election_timeout_max: store.election_timeout_max,
+            request_timeout: store.request_timeout,
+            membership_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A member the cluster status reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub name: String,
+    pub role: &'static str,
+    pub address: String,
+    pub api_address: String,
+    pub healthy: bool,
+    pub matched_index: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub leader: Option<(NodeId, String)>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+    pub served_by: NodeId,
+    pub cluster_name: String,
+}
+
+struct Inner {
+    state: NodeState,
+    pki: Pki,
+    ca_fingerprint: [u8; 32],
+    store: Store,
+    endpoint: Endpoint,
+    contact: LastContact,
+    tuning: Tuning,
+    /// Flipped to true when the node should stop (after `leave`, or on a signal).
+    stop: watch::Sender<bool>,
+    /// Raft allows one membership change at a time; the leader queues its own here.
+    membership: tokio::sync::Mutex<()>,
+}
+
+/// A running node. Cloning gives another handle on the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Starts the node of data directory `dir`: its QUIC endpoint, its store member and its API.
+    pub async fn start(dir: &DataDir, state: NodeState, pki: Pki, tuning: Tuning) -> Result<Node, NodeError> {
+        let ca_der = certs_from_pem(&pki.ca_pem)?
+            .first()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| NodeError::Config("pki/ca.crt holds no certificate".into()))?;
+        let store_cell: Arc<OnceLock<Store>> = Arc::new(OnceLock::new());
+        let is_revoked: RevocationCheck = {
+            let store = store_cell.clone();
+            Arc::new(move |identity: &Identity| match (identity, store.get()) {
+                (Identity::Node(id), Some(store)) => {
+                    !store.range_local(&KeyRange::Key(records::revoked_key(*id).into_bytes()), 1).kvs.is_empty()
+                }
+                _ => false,
+            })
+        };
+        let verifier = pki::RevocationAwareVerifier::new(ca_der.clone(), is_revoked.clone())?;
+        let server_tls = pki::server_config(&pki.node, verifier, &[ALPN])?;
+        let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
+        let node_cell: Arc<OnceLock<Node>> = Arc::new(OnceLock::new());
+        let handler = Arc::new(PeerHandler { node: node_cell.clone() });
+        let quic_cfg = EndpointConfig {
+            // Stable across restarts and secret: peers learn at once that an old connection died.
+            stateless_reset_key: Some(sha256(format!("hsu quic reset\0{}", pki.node.key_pem).as_bytes())),
+            ..EndpointConfig::default()
+        };
+        let endpoint = Endpoint::bind(state.listen, server_tls, client_tls, handler, quic_cfg)?;
+        let contact = LastContact::default();
+        let mut store_cfg = StoreConfig::new(state.id, dir.store_dir());
+        store_cfg.heartbeat_interval = tuning.heartbeat_interval;
+        store_cfg.election_timeout_min = tuning.election_timeout_min;
+        store_cfg.election_timeout_max = tuning.election_timeout_max;
+        store_cfg.request_timeout = tuning.request_timeout;
+        let store = Store::open(store_cfg, QuicRaftTransport::new(endpoint.clone(), contact.clone())).await?;
+        let _ = store_cell.set(store.clone());
+        let node = Node {
+            inner: Arc::new(Inner {
+                ca_fingerprint: sha256(&ca_der),
+                state,
+                pki,
+                store,
+                endpoint,
+                contact,
+                tuning,
+                stop: watch::channel(false).0,
+                membership: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let _ = node_cell.set(node.clone());
+        crate::api::spawn(node.clone(), ca_der, is_revoked)?;
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.state.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.state.name
+    }
+
+    pub fn state(&self) -> &NodeState {
+        &self.inner.state
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.inner.state.api
+    }
+
+    pub(crate) fn pki(&self) -> &Pki {
+        &self.inner.pki
+    }
+
+    pub fn ca_fingerprint(&self) -> [u8; 32] {
+        self.inner.ca_fingerprint
+    }
+
+    /// Resolves when the node has been asked to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.inner.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Asks the node to stop; [`Node::stopped`] resolves.
+    pub fn request_stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Stops the store and the endpoint.
+    pub async fn shutdown(&self) {
+        self.request_stop();
+        self.inner.store.shutdown().await;
+        self.inner.endpoint.shutdown().await;
+    }
+
+    /// Waits until some member is the leader, for at most `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, NodeError> {
+        let mut m = self.store().raft().metrics();
+        let leader = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(l) = m.borrow_and_update().current_leader {
+                    return l;
+                }
+                if m.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        })
+        .await
+        .map_err(|_| NodeError::Config(format!("no leader within {timeout:?}")))?;
+        Ok(leader)
+    }
+
+    // ----- forwarding to the leader -----
+
+    /// Runs `req` on the leader: here when this node leads, else over QUIC. Retries while there
+    /// is no leader or the leader moved, until the request timeout.
+    pub async fn leader_call(&self, req: PeerRequest) -> Result<PeerReply, PeerError> {
+        let timeout = match req {
+            PeerRequest::AddMember { .. } => self.inner.tuning.membership_timeout,
+            _ => self.inner.tuning.request_timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (leader, member) = {
+                let m = self.store().raft().metrics();
+                let m = m.borrow();
+                let leader = m.current_leader;
+                let member = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+                (leader, member)
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = match (leader, member) {
+                (Some(l), _) if l == self.id() => self.handle_peer(req.clone()).await,
+                (Some(l), Some(member)) => {
+                    match call_peer(&self.inner.endpoint, l, &member.addr, &req, remaining).await {
+                        Ok(reply) => Ok(reply),
+                        Err(PeerCallError::Remote(e)) => Err(e),
+                        Err(PeerCallError::NotSent(e)) => {
+                            Err(Error::Unavailable(format!("leader {l} unreachable: {e}")).into())
+                        }
+                        Err(PeerCallError::Unknown(e)) => {
+                            if matches!(req, PeerRequest::Range { .. } | PeerRequest::Health) {
+                                Err(Error::Unavailable(format!("leader {l}: {e}")).into())
+                            } else {
+                                // The leader may have acted on it: say so rather than retry.
+                                return Err(Error::Timeout(timeout).into());
+                            }
+                        }
+                    }
+                }
+                _ => Err(Error::Unavailable("no leader is known yet".into()).into()),
+            };
+            match result {
+                Err(PeerError::Store(Error::NotLeader { .. } | Error::Unavailable(_))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Handles a request another node (or this one) routed here.
+    pub async fn handle_peer(&self, req: PeerRequest) -> Result<PeerReply, PeerError> {
+        match req {
+            PeerRequest::Propose(r) => Ok(PeerReply::Response(self.store().propose(r).await?)),
+            PeerRequest::Range { range, limit } => {
+                Ok(PeerReply::Range(self.store().range(range, limit, Consistency::Linearizable).await?))
+            }
+            PeerRequest::KeepAlive(id) => {
+                Ok(PeerReply::Ttl(self.store().lease_keep_alive(id).await?.as_millis() as u64))
+            }
+            PeerRequest::Join(ticket) => Ok(PeerReply::Joined(JoinGrantBox(self.join_as_leader(ticket).await?))),
+            PeerRequest::AddMember { id, role, target_voters } => {
+                Ok(PeerReply::Role(self.add_member_as_leader(id, role, target_voters).await?))
+            }
+            PeerRequest::RemoveMember { id, revoke } => {
+                self.remove_member_as_leader(id, revoke).await?;
+                Ok(PeerReply::Done)
+            }
+            PeerRequest::UpdateAddress { id, member } => {
+                self.must_lead()?;
+                let _one_at_a_time = self.inner.membership.lock().await;
+                self.retry_membership(|| self.store().set_member(id, member.clone())).await?;
+                if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
+                    rec.address = member.addr;
+                    self.put_record(&records::node_key(id), &rec).await?;
+                }
+                Ok(PeerReply::Done)
+            }
+            PeerRequest::Health => Ok(PeerReply::Health(self.health_as_leader()?)),
+        }
+    }
+
+    fn must_lead(&self) -> Result<(), PeerError> {
+        let m = self.store().raft().metrics();
+        let m = m.borrow();
+        if m.state == ServerState::Leader {
+            Ok(())
+        } else {
+            let leader =
+                m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone())));
+            Err(Error::NotLeader { leader }.into())
+        }
+    }
+
+    // ----- the KV API, routed -----
+
+    pub async fn propose(&self, req: Request) -> Result<Response, PeerError> {
+        match self.leader_call(PeerRequest::Propose(req)).await? {
+            PeerReply::Response(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn range(&self, range: KeyRange, limit: u64, consistency: Consistency) -> Result<RangeResult, PeerError> {
+        match consistency {
+            Consistency::Local => Ok(self.store().range_local(&range, limit)),
+            Consistency::Linearizable => match self.leader_call(PeerRequest::Range { range, limit }).await? {
+                PeerReply::Range(r) => Ok(r),
+                other => Err(unexpected(other)),
+            },
+        }
+    }
+
+    pub async fn keep_alive(&self, id: LeaseId) -> Result<u64, PeerError> {
+        match self.leader_call(PeerRequest::KeepAlive(id)).await? {
+            PeerReply::Ttl(ms) => Ok(ms),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PeerError> {
+        let kv = self.store().get(key, Consistency::Linearizable).await?;
+        kv.map(|kv| records::decode(&kv.key, &kv.value)).transpose().map_err(PeerError::Store)
+    }
+
+    async fn put_record<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<u64, PeerError> {
+        Ok(self.store().put(key, records::encode(value), 0).await?.0)
+    }
+
+    /// Records of kind `T` under `prefix`, from this node's state machine.
+    pub fn list_local<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, Error> {
+        let r = self.store().range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
+        r.kvs.iter().map(|kv| records::decode(&kv.key, &kv.value)).collect()
+    }
+
+    // ----- tokens -----
+
+    /// Creates a token; returns the whole token (shown once) and what the cluster keeps.
+    pub async fn create_token(
+        &self,
+        kind: TokenKind,
+        role: ApiRole,
+        ttl: Option<Duration>,
+        uses: Option<u32>,
+        description: String,
+    ) -> Result<(JoinToken, TokenEntry), PeerError> {
+        let token = JoinToken::generate(self.ca_fingerprint()).map_err(|e| PeerError::Denied(e.to_string()))?;
+        let ttl_ms = ttl.map(|t| t.as_millis() as u64);
+        let entry =
+            TokenEntry { kind, role, record: TokenRecord::new(&token, records::now_ms(), ttl_ms, uses, description) };
+        let req = Request::Txn(Txn {
+            success: vec![Op::Put {
+                key: records::token_key(&token.id).into_bytes(),
+                value: records::encode(&entry),
+                lease: 0,
+            }],
+            ..Default::default()
+        });
+        self.propose(req).await?;
+        Ok((token, entry))
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), PeerError> {
+        let key = records::token_key(id);
+        let kv = self
+            .range(KeyRange::Key(key.clone().into_bytes()), 1, Consistency::Linearizable)
+            .await?
+            .kvs
+            .into_iter()
+            .next()
+            .ok_or_else(|| PeerError::NotFound(format!("token {id:?}")))?;
+        let mut entry: TokenEntry = records::decode(&kv.key, &kv.value)?;
+        entry.record.revoked = true;
+        self.propose(put_if_unchanged(&key, kv.mod_revision, records::encode(&entry))).await?;
+        Ok(())
+    }
+
+    /// Checks a bearer API token against this node's copy of the token records.
+    pub fn check_api_token(&self, presented: &str) -> Result<ApiRole, String> {
+        let token = JoinToken::parse(presented).map_err(|e| e.to_string())?;
+        let key = records::token_key(&token.id);
+        let kv = self.store().range_local(&KeyRange::Key(key.into_bytes()), 1).kvs.into_iter().next();
+        let kv = kv.ok_or_else(|| "unknown token".to_string())?;
+        let entry: TokenEntry = records::decode(&kv.key, &kv.value).map_err(|e| e.to_string())?;
+        if entry.kind != TokenKind::Api {
+            return Err("a join token is not an API credential".into());
+        }
+        entry.record.check(&token, records::now_ms()).map_err(|e| e.to_string())?;
+        Ok(entry.role)
+    }
+
+    // ----- membership, on the leader -----
+
+    async fn join_as_leader(&self, ticket: JoinTicket) -> Result<JoinGrant, PeerError> {
+        self.must_lead()?;
+        let token = JoinToken::parse(&ticket.token).map_err(|e| PeerError::Denied(format!("token: {e}")))?;
+        if token.ca_hash != self.ca_fingerprint() {
+            return Err(PeerError::Denied("the token was made for another cluster (its CA hash differs)".into()));
+        }
+        validate_name(&ticket.name).map_err(PeerError::Invalid)?;
+        let ca: CaRecord = self
+            .get_record(records::CA)
+            .await?
+            .ok_or_else(|| PeerError::Store(Error::Fatal("the cluster CA is missing from the store".into())))?;
+        let ca = ClusterCa::from_pem(&ca.cert_pem, &ca.key_pem)
+            .map_err(|e| PeerError::Store(Error::Fatal(e.to_string())))?;
+        let cluster: records::ClusterInfo = self
+            .get_record(records::CLUSTER)
+            .await?
+            .ok_or_else(|| PeerError::Store(Error::Fatal("cluster info is missing".into())))?;
+        for _attempt in 0..20 {
+            let token_key = records::token_key(&token.id);
+            let tok = self.store().get(token_key.clone(), Consistency::Linearizable).await?;
+            let tok = tok.ok_or_else(|| PeerError::Denied("unknown token".into()))?;
+            let entry: TokenEntry = records::decode(&tok.key, &tok.value)?;
+            if entry.kind != TokenKind::Join {
+                return Err(PeerError::Denied("an API token cannot be used to join".into()));
+            }
+            entry.record.check(&token, records::now_ms()).map_err(|e| PeerError::Denied(e.to_string()))?;
+            let taken =
+                self.list_local::<NodeRecord>(records::NODES)?.into_iter().any(|n| !n.removed && n.name == ticket.name);
+            if taken {
+                return Err(PeerError::Invalid(format!("a node named {:?} is already in the cluster", ticket.name)));
+            }
+            let next = self.store().get(records::NEXT_NODE_ID, Consistency::Linearizable).await?;
+            let next = next.ok_or_else(|| PeerError::Store(Error::Fatal("node id counter is missing".into())))?;
+            let id: NodeId = records::decode(&next.key, &next.value)?;
+            let cert_pem =
+                ca.sign_node_csr(&ticket.csr_pem, id, 365).map_err(|e| PeerError::Invalid(format!("csr: {e}")))?;
+            let record = NodeRecord {
+                id,
+                name: ticket.name.clone(),
+                address: ticket.address.clone(),
+                api_address: ticket.api_address.clone(),
+                joined_ms: records::now_ms(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                removed: false,
+            };
+            let txn = Txn {
+                compare: vec![
+                    same_revision(&token_key, tok.mod_revision),
+                    same_revision(records::NEXT_NODE_ID, next.mod_revision),
+                ],
+                success: vec![
+                    put(&token_key, records::encode(&TokenEntry { record: entry.record.used(), ..entry })),
+                    put(records::NEXT_NODE_ID, records::encode(&(id + 1))),
+                    put(&records::node_key(id), records::encode(&record)),
+                ],
+                failure: vec![],
+            };
+            if self.store().txn(txn).await?.succeeded {
+                tracing::info!(node = id, name = %ticket.name, "node enrolled");
+                return Ok(JoinGrant {
+                    id,
+                    cert_pem,
+                    ca_pem: ca.cert_pem().to_string(),
+                    ca_key_pem: ca.key_pem(),
+                    cluster_name: cluster.name,
+                });
+            }
+        }
+        Err(Error::Unavailable("the token or the id counter kept changing; try again".into()).into())
+    }
+
+    async fn add_member_as_leader(&self, id: NodeId, wish: RoleWish, target_voters: u32) -> Result<String, PeerError> {
+        self.must_lead()?;
+        let record: NodeRecord = self
+            .get_record(&records::node_key(id))
+            .await?
+            .ok_or_else(|| PeerError::Denied(format!("node {id} has not enrolled")))?;
+        if record.removed {
+            return Err(PeerError::Denied(format!("node {id} was removed from the cluster")));
+        }
+        let (is_voter, voters) = {
+            let m = self.store().raft().metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (membership.voter_ids().any(|v| v == id), membership.voter_ids().count() as u32)
+        };
+        if is_voter {
+            return Ok("voter".into());
+        }
+        let voter = match wish {
+            RoleWish::Voter => true,
+            RoleWish::Learner => false,
+            RoleWish::Auto => voters < target_voters.max(1),
+        };
+        let member = Member::new(record.name.clone(), record.address.clone());
+        let _one_at_a_time = self.inner.membership.lock().await;
+        self.retry_membership(|| self.store().add_learner(id, member.clone())).await?;
+        if voter {
+            self.retry_membership(|| self.store().add_voter(id, member.clone())).await?;
+        }
+        Ok(if voter { "voter" } else { "learner" }.into())
+    }
+
+    async fn remove_member_as_leader(&self, id: NodeId, revoke: bool) -> Result<(), PeerError> {
+        self.must_lead()?;
+        let in_membership = {
+            let m = self.store().raft().metrics();
+            let m = m.borrow();
+            m.membership_config.membership().get_node(&id).is_some()
+        };
+        if !in_membership && self.get_record::<NodeRecord>(&records::node_key(id)).await?.is_none() {
+            return Err(PeerError::NotFound(format!("node {id}")));
+        }
+        if revoke {
+            // Revoke first: from now on its certificate opens no connection, whatever follows.
+            self.put_record(&records::revoked_key(id), &records::now_ms()).await?;
+        }
+        if in_membership {
+            let _one_at_a_time = self.inner.membership.lock().await;
+            self.retry_membership(|| self.store().remove_member(id)).await?;
+        }
+        if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
+            rec.removed = true;
+            self.put_record(&records::node_key(id), &rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a membership change, waiting out a change that is still being committed.
+    async fn retry_membership<F, Fut>(&self, change: F) -> Result<(), Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let deadline = Instant::now() + self.inner.tuning.membership_timeout;
+        loop {
+            match change().await {
+                Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn health_as_leader(&self) -> Result<HealthView, PeerError> {
+        self.must_lead()?;
+        let m = self.store().raft().metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let fresh = self.inner.tuning.election_timeout_max * 2;
+        let mut members = vec![(self.id(), last, true)];
+        for (id, matched) in m.replication.iter().flatten() {
+            if *id == self.id() {
+                continue;
+            }
+            let matched = matched.map_or(0, |l| l.index);
+            let heard = self.inner.contact.since(*id).is_some_and(|d| d < fresh);
+            members.push((*id, matched, heard && last.saturating_sub(matched) < 10_000));
+        }
+        Ok(HealthView { leader: Some(self.id()), members })
+    }
+
+    /// Leader, term, commit index and members with their health.
+    pub async fn status(&self) -> Result<ClusterStatus, PeerError> {
+        let m = self.store().raft().metrics().borrow().clone();
+        let health = match self.leader_call(PeerRequest::Health).await {
+            Ok(PeerReply::Health(h)) => h,
+            _ => HealthView::default(),
+        };
+        let nodes: BTreeMap<NodeId, NodeRecord> =
+            self.list_local::<NodeRecord>(records::NODES)?.into_iter().map(|n| (n.id, n)).collect();
+        let membership = m.membership_config.membership();
+        let mut members = Vec::new();
+        for (id, member) in membership.nodes() {
+            let (matched, healthy) =
+                health.members.iter().find(|(h, _, _)| h == id).map(|(_, mi, ok)| (*mi, *ok)).unwrap_or((0, false));
+            members.push(MemberStatus {
+                id: *id,
+                name: member.name.clone(),
+                role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" },
+                address: member.addr.clone(),
+                api_address: nodes.get(id).map(|n| n.api_address.clone()).unwrap_or_default(),
+                healthy,
+                matched_index: matched,
+            });
+        }
+        let leader_id = health.leader.or(m.current_leader);
+        let leader = leader_id.map(|l| (l, membership.get_node(&l).map(|n| n.name.clone()).unwrap_or_default()));
+        let commit_index = members.iter().find(|mm| Some(mm.id) == leader_id).map_or(0, |mm| mm.matched_index);
+        Ok(ClusterStatus {
+            leader,
+            term: m.current_term,
+            commit_index: commit_index.max(m.last_applied.map_or(0, |l| l.index)),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+            served_by: self.id(),
+            cluster_name: self.inner.state.cluster_name.clone(),
+        })
+    }
+}
+
+fn unexpected(reply: PeerReply) -> PeerError {
+    PeerError::Store(Error::Fatal(format!("unexpected reply from the leader: {reply:?}")))
+}
+
+fn same_revision(key: &str, revision: u64) -> Compare {
+    Compare { key: key.as_bytes().to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
+}
+
+fn put(key: &str, value: Vec<u8>) -> Op {
+    Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 }
+}
+
+fn put_if_unchanged(key: &str, revision: u64, value: Vec<u8>) -> Request {
+    Request::Txn(Txn { compare: vec![same_revision(key, revision)], success: vec![put(key, value)], failure: vec![] })
+}
+
+/// Node names: what a DNS label allows, so they can appear in certificates and hostnames.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("node name {name:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"))
+    }
+}
+
+/// The identity behind a peer certificate chain, if any.
+pub fn identity_of_chain(certs: &[impl AsRef<[u8]>]) -> Option<Identity> {
+    certs.first().and_then(|c| identity_of(c.as_ref()).ok())
+}

@@ -1,0 +1,249 @@
+//! Node-to-node traffic over hsu-net's QUIC endpoint: the Raft RPCs of the store
+//! ([`QuicRaftTransport`]) and the node's own requests to the leader ([`PeerRequest`]): forwarded
+//! writes and reads, lease keep-alives, joins and membership changes. Only nodes of the cluster
+//! can call (mutual TLS against the cluster CA, revoked certificates refused at the handshake).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hsu_model::{decode_record, encode_record, NodeId};
+use hsu_net::pki::{identity_of, Identity};
+use hsu_net::quic::{Endpoint, Handler, NetError, Peer};
+use hsu_store::{
+    serve_rpc, Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, Response, RpcKind, TransportError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::node::Node;
+
+const METHOD_APPEND: u16 = 1;
+const METHOD_VOTE: u16 = 2;
+const METHOD_SNAPSHOT: u16 = 3;
+const METHOD_PEER: u16 = 10;
+
+/// The TLS server name of a node on the node-to-node endpoint.
+pub fn node_server_name(id: NodeId) -> String {
+    Identity::Node(id).dns_name()
+}
+
+/// What a node asks of the leader (or, for `Health`, of any member).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    Propose(Request),
+    Range { range: KeyRange, limit: u64 },
+    KeepAlive(LeaseId),
+    Join(JoinTicket),
+    AddMember { id: NodeId, role: RoleWish, target_voters: u32 },
+    RemoveMember { id: NodeId, revoke: bool },
+    UpdateAddress { id: NodeId, member: Member },
+    Health,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoleWish {
+    Auto,
+    Voter,
+    Learner,
+}
+
+/// A joining node's enrollment request. `Debug` hides the token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinTicket {
+    pub token: String,
+    pub csr_pem: String,
+    pub name: String,
+    pub address: String,
+    pub api_address: String,
+}
+
+impl std::fmt::Debug for JoinTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTicket")
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the leader grants a joining node.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinGrant {
+    pub id: NodeId,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub cluster_name: String,
+}
+
+/// The leader's view of its followers, for `hsu status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HealthView {
+    pub leader: Option<NodeId>,
+    /// Per member: the last log index the leader knows it has, and whether it answered recently.
+    pub members: Vec<(NodeId, u64, bool)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Response(Response),
+    Range(RangeResult),
+    Ttl(u64),
+    Joined(JoinGrantBox),
+    Role(String),
+    Done,
+    Health(HealthView),
+}
+
+/// Keeps the CA key out of `Debug` output.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct JoinGrantBox(pub JoinGrant);
+
+impl std::fmt::Debug for JoinGrantBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinGrant {{ id: {}, .. }}", self.0.id)
+    }
+}
+
+/// When each member last answered a Raft RPC: the leader's heartbeats make this a liveness view
+/// kept in memory only, never written through Raft.
+#[derive(Clone, Default)]
+pub struct LastContact(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl LastContact {
+    fn touch(&self, id: NodeId) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+    }
+
+    pub fn since(&self, id: NodeId) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|t| t.elapsed())
+    }
+}
+
+/// The store's Raft network over QUIC.
+#[derive(Clone)]
+pub struct QuicRaftTransport {
+    endpoint: Endpoint,
+    contact: LastContact,
+}
+
+impl QuicRaftTransport {
+    pub fn new(endpoint: Endpoint, contact: LastContact) -> Self {
+        QuicRaftTransport { endpoint, contact }
+    }
+}
+
+pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse().map_err(|e| format!("address {addr:?} is not HOST:PORT with an IP host: {e}"))
+}
+
+impl RaftTransport for QuicRaftTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        member: &Member,
+        kind: RpcKind,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let addr = parse_addr(&member.addr).map_err(|e| TransportError::Unreachable(target, e))?;
+        let method = match kind {
+            RpcKind::AppendEntries => METHOD_APPEND,
+            RpcKind::Vote => METHOD_VOTE,
+            RpcKind::InstallSnapshot => METHOD_SNAPSHOT,
+        };
+        let reply =
+            self.endpoint.call(addr, &node_server_name(target), method, &body, timeout).await.map_err(|e| match e {
+                NetError::Timeout { after, .. } => TransportError::Timeout(target, after),
+                NetError::Connect { .. } | NetError::Tls(_) | NetError::Closed => {
+                    TransportError::Unreachable(target, e.to_string())
+                }
+                other => TransportError::Failed(target, other.to_string()),
+            })?;
+        self.contact.touch(target);
+        Ok(reply)
+    }
+}
+
+/// Sends `req` to node `id` at `addr` and decodes its answer.
+pub async fn call_peer(
+    endpoint: &Endpoint,
+    id: NodeId,
+    addr: &str,
+    req: &PeerRequest,
+    timeout: Duration,
+) -> Result<PeerReply, PeerCallError> {
+    let addr = parse_addr(addr).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e)))?;
+    let body = encode_record(req).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e.to_string())))?;
+    let bytes = endpoint.call(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await.map_err(|e| match e {
+        NetError::Connect { .. } | NetError::Tls(_) | NetError::Closed | NetError::FrameTooLarge { .. } => {
+            PeerCallError::NotSent(e)
+        }
+        other => PeerCallError::Unknown(other),
+    })?;
+    let reply: Result<PeerReply, PeerError> =
+        decode_record(&bytes).map_err(|e| PeerCallError::Unknown(NetError::Protocol(e.to_string())))?;
+    reply.map_err(PeerCallError::Remote)
+}
+
+/// Why a peer call failed, split by what it means for a write: not sent (safe to retry), an
+/// answer from the peer, or unknown (the peer may have acted on it).
+#[derive(Debug)]
+pub enum PeerCallError {
+    NotSent(NetError),
+    Remote(PeerError),
+    Unknown(NetError),
+}
+
+/// What a node answers when it refuses a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    #[error(transparent)]
+    Store(#[from] Error),
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// Serves node-to-node requests. Set up before the node exists (the endpoint must listen before
+/// the store can start), so the node arrives later through the `OnceLock`.
+pub struct PeerHandler {
+    pub node: Arc<OnceLock<Node>>,
+}
+
+impl PeerHandler {
+    fn node(&self) -> Result<&Node, String> {
+        self.node.get().ok_or_else(|| "node is starting".to_string())
+    }
+}
+
+impl Handler for PeerHandler {
+    async fn call(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        // The TLS layer already refused anything but a non-revoked certificate of this CA; only
+        // nodes (not administrators) may speak Raft or ask the leader for things.
+        match identity_of(&peer.cert_der) {
+            Ok(Identity::Node(_)) => {}
+            Ok(other) => return Err(format!("{other} may not call the node-to-node endpoint")),
+            Err(e) => return Err(e.to_string()),
+        }
+        let node = self.node()?;
+        let kind = match method {
+            METHOD_APPEND => RpcKind::AppendEntries,
+            METHOD_VOTE => RpcKind::Vote,
+            METHOD_SNAPSHOT => RpcKind::InstallSnapshot,
+            METHOD_PEER => {
+                let req: PeerRequest = decode_record(&body).map_err(|e| format!("bad peer request: {e}"))?;
+                let reply = node.handle_peer(req).await;
+                return encode_record(&reply).map_err(|e| e.to_string());
+            }
+            other => return Err(format!("unknown method {other}")),
+        };
+        Ok(serve_rpc(node.store().raft(), kind, &body).await)
+    }
+}

@@ -1,0 +1,98 @@
+//! What the node keeps in the replicated store, and under which keys. Every value is a
+//! versioned record (hsu-model's codec); keys are grouped under typed prefixes so a prefix range
+//! lists one kind of object.
+
+use hsu_model::{decode_record, encode_record, CodecError, NodeId};
+use hsu_net::token::TokenRecord;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub const NODES: &str = "/nodes/";
+pub const TOKENS: &str = "/tokens/";
+pub const REVOKED: &str = "/pki/revoked/";
+pub const CA: &str = "/pki/ca";
+pub const CLUSTER: &str = "/cluster/info";
+pub const NEXT_NODE_ID: &str = "/cluster/next-node-id";
+
+/// Zero-padded so that keys sort by id.
+pub fn node_key(id: NodeId) -> String {
+    format!("{NODES}{id:020}")
+}
+
+pub fn token_key(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
+pub fn revoked_key(id: NodeId) -> String {
+    format!("{REVOKED}{id:020}")
+}
+
+/// A node as recorded when it joined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    /// The node-to-node (QUIC) address.
+    pub address: String,
+    pub api_address: String,
+    pub joined_ms: u64,
+    pub version: String,
+    /// Set by `hsu node remove` and `hsu node leave`; the record stays for the history.
+    pub removed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenKind {
+    Join,
+    Api,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiRole {
+    Admin,
+    ReadOnly,
+}
+
+/// A token as the cluster keeps it: the record holds a hash of the secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEntry {
+    pub kind: TokenKind,
+    pub role: ApiRole,
+    pub record: TokenRecord,
+}
+
+/// The cluster CA. Only servers hold the store, so only servers hold the key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord").field("key_pem", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub created_ms: u64,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain structs into a Vec cannot fail; an error here is a bug in a type above.
+    encode_record(value).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, hsu_store::Error> {
+    decode_record(bytes).map_err(|e: CodecError| {
+        hsu_store::Error::Fatal(format!("record at {} does not decode: {e}", String::from_utf8_lossy(key)))
+    })
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
