@@ -1,0 +1,164 @@
+//! Starting `hsu` processes and running `hsu` commands against them.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn hsu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hsu"))
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (QUIC listens on UDP, the API on TCP).
+pub fn free_addr() -> SocketAddr {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no port free for both TCP and UDP after 100 tries");
+}
+
+/// Polls `f` until it returns Some, failing after [`DEADLINE`] with `what` and the last state.
+pub fn poll<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < DEADLINE {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {DEADLINE:?} waiting for {what}; last: {last}");
+}
+
+/// One running `hsu node` process.
+pub struct NodeProc {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub api: SocketAddr,
+    child: Option<Child>,
+}
+
+const TIMING: [&str; 4] = ["--heartbeat", "50ms", "--election-timeout", "300ms"];
+
+impl NodeProc {
+    fn spawn(name: &str, dir: PathBuf, listen: SocketAddr, api: SocketAddr, args: &[String]) -> NodeProc {
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        let log = std::fs::File::options().create(true).append(true).open(log_path(&dir)).unwrap();
+        let child = hsu()
+            .args(args)
+            .args(TIMING)
+            .env("HSU_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        NodeProc { name: name.into(), dir, listen, api, child: Some(child) }
+    }
+
+    pub fn init(root: &Path, name: &str) -> NodeProc {
+        let (dir, listen, api) = (root.join(name), free_addr(), free_addr());
+        let args = ["node", "init", "--name", name, "--data-dir"]
+            .map(String::from)
+            .into_iter()
+            .chain([dir.display().to_string(), "--listen".into(), listen.to_string(), "--api".into(), api.to_string()])
+            .collect::<Vec<_>>();
+        let n = NodeProc::spawn(name, dir, listen, api, &args);
+        poll(&format!("{name} to write its join token"), || {
+            std::fs::read_to_string(n.dir.join("join-token")).map_err(|e| e.to_string()).map(drop)
+        });
+        n
+    }
+
+    pub fn join(root: &Path, name: &str, server: SocketAddr, token: &str) -> NodeProc {
+        let (dir, listen, api) = (root.join(name), free_addr(), free_addr());
+        let args = ["node", "join", &server.to_string(), "--token", token, "--name", name, "--data-dir"]
+            .map(String::from)
+            .into_iter()
+            .chain([dir.display().to_string(), "--listen".into(), listen.to_string(), "--api".into(), api.to_string()])
+            .collect::<Vec<_>>();
+        NodeProc::spawn(name, dir, listen, api, &args)
+    }
+
+    /// `hsu node run` on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let args = vec!["node".into(), "run".into(), "--data-dir".into(), self.dir.display().to_string()];
+        let again = NodeProc::spawn(&self.name, self.dir.clone(), self.listen, self.api, &args);
+        self.child = Some(again.into_child());
+    }
+
+    fn into_child(mut self) -> Child {
+        self.child.take().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself (after `hsu node leave`).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("not running");
+        poll(&format!("{} to exit", self.name), || match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still running".into()),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.dir)).unwrap_or_default()
+    }
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.with_extension("log")
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Runs an `hsu` client command with `config` against `endpoint`.
+pub fn cli(config: &Path, endpoint: SocketAddr, args: &[&str]) -> Output {
+    hsu()
+        .arg("--config")
+        .arg(config)
+        .arg("--endpoint")
+        .arg(endpoint.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn cli_ok(config: &Path, endpoint: SocketAddr, args: &[&str]) -> Result<String, String> {
+    let out = cli(config, endpoint, args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("hsu {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+pub fn status_json(config: &Path, endpoint: SocketAddr) -> Result<serde_json::Value, String> {
+    let text = cli_ok(config, endpoint, &["status", "-o", "json"])?;
+    serde_json::from_str(&text).map_err(|e| format!("status is not JSON: {e}: {text}"))
+}

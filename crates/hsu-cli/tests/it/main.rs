@@ -1,0 +1,6 @@
+//! End-to-end: real `hsu` processes on 127.0.0.1 ports, driven through the CLI exactly as a user
+//! would, with kill -9 for crashes. Waits poll with a deadline; every child is killed on drop.
+
+mod harness;
+
+mod t10_cluster_lifecycle;

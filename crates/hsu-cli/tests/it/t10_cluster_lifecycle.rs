@@ -1,0 +1,109 @@
+use serde_json::Value;
+
+use crate::harness::{cli, cli_ok, poll, status_json, NodeProc};
+
+fn voters(s: &Value) -> Vec<String> {
+    s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
+    let root = tempfile::tempdir().unwrap();
+    let n1 = NodeProc::init(root.path(), "n1");
+    let config = n1.dir.join("admin.conf");
+    let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
+    let n2 = NodeProc::join(root.path(), "n2", n1.api, &token);
+    let n3 = NodeProc::join(root.path(), "n3", n1.api, &token);
+    let mut nodes = vec![n1, n2, n3];
+
+    // 3 voters, one leader, everyone healthy, as `hsu status -o json` reports it.
+    let status = poll("three healthy voters", || {
+        let s = status_json(&config, nodes[0].api)?;
+        let healthy = s["members"].as_array().unwrap().iter().all(|m| m["healthy"] == true);
+        if voters(&s).len() == 3 && healthy {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let leader = status["leader"].as_str().unwrap().to_string();
+    assert!(["n1", "n2", "n3"].contains(&leader.as_str()), "{status}");
+    assert!(status["term"].as_u64().unwrap() >= 1);
+    assert!(status["commit_index"].as_u64().unwrap() > 0);
+    for m in status["members"].as_array().unwrap() {
+        for field in ["id", "name", "role", "address", "healthy"] {
+            assert!(!m[field].is_null(), "member without {field}: {m}");
+        }
+    }
+
+    // A write through one node is read through another.
+    cli_ok(&config, nodes[1].api, &["kv", "put", "greeting", "hello"]).unwrap();
+    let got = cli_ok(&config, nodes[2].api, &["kv", "get", "greeting", "-o", "json"]).unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got[0]["value"], "hello");
+
+    // kill -9 the leader: a survivor reports a new leader and accepts writes.
+    let li = nodes.iter().position(|n| n.name == leader).unwrap();
+    nodes[li].kill9();
+    let survivor = nodes.iter().position(|n| n.name != leader).unwrap();
+    let s = poll("a new leader", || {
+        let s = status_json(&config, nodes[survivor].api)?;
+        let l = s["leader"].as_str().unwrap_or("");
+        if !l.is_empty() && l != leader {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert_ne!(s["leader"], Value::from(leader.clone()));
+    poll("a write after the failover", || cli_ok(&config, nodes[survivor].api, &["kv", "put", "after", "kill"]));
+
+    // `hsu node run` brings the killed node back and it catches up.
+    nodes[li].restart();
+    poll("the restarted node to catch up", || {
+        let v = cli_ok(&config, nodes[li].api, &["kv", "get", "after", "--local", "-o", "json"])?;
+        if v.contains("\"kill\"") {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
+    poll("the restarted node to be healthy", || {
+        let s = status_json(&config, nodes[survivor].api)?;
+        let m = s["members"].as_array().unwrap().iter().find(|m| m["name"] == leader.as_str()).cloned();
+        if m.as_ref().is_some_and(|m| m["healthy"] == true) {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+
+    // `hsu node leave` shrinks the cluster cleanly: the node exits 0, the rest go on with two voters.
+    let current = status_json(&config, nodes[survivor].api).unwrap()["leader"].as_str().unwrap().to_string();
+    let leaver = nodes.iter().position(|n| n.name != current).unwrap();
+    let left = cli(&config, nodes[leaver].api, &["node", "leave"]);
+    assert!(left.status.success(), "{}", String::from_utf8_lossy(&left.stderr));
+    let exit = nodes[leaver].wait_exit();
+    assert!(exit.success(), "the leaving node exited with {exit}");
+    let stay = nodes.iter().position(|n| n.name == current).unwrap();
+    let s = poll("two voters after leave", || {
+        let s = status_json(&config, nodes[stay].api)?;
+        if voters(&s).len() == 2 && s["members"].as_array().unwrap().len() == 2 {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert!(!voters(&s).contains(&nodes[leaver].name));
+    cli_ok(&config, nodes[stay].api, &["kv", "put", "after", "leave"]).unwrap();
+    let list = cli_ok(&config, nodes[stay].api, &["node", "list", "-o", "json"]).unwrap();
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let gone = list.as_array().unwrap().iter().find(|n| n["name"] == nodes[leaver].name.as_str()).unwrap();
+    assert_eq!(gone["role"], "removed");
+}
