@@ -20,7 +20,7 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
     let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
     let n2 = NodeProc::join(root.path(), "n2", n1.api, &token);
     let n3 = NodeProc::join(root.path(), "n3", n1.api, &token);
-    let mut nodes = vec![n1, n2, n3];
+    let mut nodes = [n1, n2, n3];
 
     // 3 voters, one leader, everyone healthy, as `hsu status -o json` reports it.
     let status = poll("three healthy voters", || {
