@@ -193,7 +193,8 @@ impl Store {
         self.inner.raft.change_membership(ChangeMembers::SetNodes(nodes), false).await.map(drop).map_err(membership_err)
     }
 
-    /// Removes `id` from the cluster, whether it is a voter or a learner.
+    /// Removes `id` from the cluster, whether it is a voter or a learner. A removed voter is not
+    /// kept as a learner. A leader may remove itself: it steps down once the change commits.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
         let is_voter = {
             let m = self.inner.raft.metrics();
@@ -201,14 +202,8 @@ impl Store {
             m.membership_config.membership().voter_ids().any(|v| v == id)
         };
         let ids = BTreeSet::from([id]);
-        let change =
-            if is_voter { ChangeMembers::RemoveVoters(ids.clone()) } else { ChangeMembers::RemoveNodes(ids.clone()) };
-        self.inner.raft.change_membership(change, false).await.map_err(membership_err)?;
-        if is_voter {
-            // A removed voter stays a learner until it is removed as a node too.
-            self.inner.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await.map_err(membership_err)?;
-        }
-        Ok(())
+        let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
+        self.inner.raft.change_membership(change, false).await.map(drop).map_err(membership_err)
     }
 
     /// Writes one key. Returns the revision of the write and the previous value.

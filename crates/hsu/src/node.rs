@@ -523,13 +523,15 @@ impl Node {
             // Revoke first: from now on its certificate opens no connection, whatever follows.
             self.put_record(&records::revoked_key(id), &records::now_ms()).await?;
         }
-        if in_membership {
-            let _one_at_a_time = self.inner.membership.lock().await;
-            self.retry_membership(|| self.store().remove_member(id)).await?;
-        }
+        // Recorded before the membership change, because a leader that removes itself can no
+        // longer write once the change has committed.
         if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
             rec.removed = true;
             self.put_record(&records::node_key(id), &rec).await?;
+        }
+        if in_membership {
+            let _one_at_a_time = self.inner.membership.lock().await;
+            self.retry_membership(|| self.store().remove_member(id)).await?;
         }
         Ok(())
     }

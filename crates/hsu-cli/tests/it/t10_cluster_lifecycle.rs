@@ -84,23 +84,27 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
         }
     });
 
-    // `hsu node leave` shrinks the cluster cleanly: the node exits 0, the rest go on with two voters.
-    let current = status_json(&config, nodes[survivor].api).unwrap()["leader"].as_str().unwrap().to_string();
-    let leaver = nodes.iter().position(|n| n.name != current).unwrap();
+    // `hsu node leave` shrinks the cluster cleanly, even when the leader leaves: it exits 0, and
+    // the other two elect a leader in a new term and go on as two voters.
+    let before = status_json(&config, nodes[survivor].api).unwrap();
+    let current = before["leader"].as_str().unwrap().to_string();
+    let leaver = nodes.iter().position(|n| n.name == current).unwrap();
     let left = cli(&config, nodes[leaver].api, &["node", "leave"]);
     assert!(left.status.success(), "{}", String::from_utf8_lossy(&left.stderr));
     let exit = nodes[leaver].wait_exit();
     assert!(exit.success(), "the leaving node exited with {exit}");
-    let stay = nodes.iter().position(|n| n.name == current).unwrap();
-    let s = poll("two voters after leave", || {
+    let stay = nodes.iter().position(|n| n.name != current).unwrap();
+    let s = poll("two voters and a new leader after leave", || {
         let s = status_json(&config, nodes[stay].api)?;
-        if voters(&s).len() == 2 && s["members"].as_array().unwrap().len() == 2 {
+        let led = s["leader"].as_str().is_some_and(|l| !l.is_empty() && l != current);
+        if led && voters(&s).len() == 2 && s["members"].as_array().unwrap().len() == 2 {
             Ok(s)
         } else {
             Err(s.to_string())
         }
     });
     assert!(!voters(&s).contains(&nodes[leaver].name));
+    assert!(s["term"].as_u64() > before["term"].as_u64(), "a new leader in the same term: {before} then {s}");
     cli_ok(&config, nodes[stay].api, &["kv", "put", "after", "leave"]).unwrap();
     let list = cli_ok(&config, nodes[stay].api, &["node", "list", "-o", "json"]).unwrap();
     let list: Value = serde_json::from_str(&list).unwrap();
