@@ -567,7 +567,7 @@ impl Node {
             let heard = self.inner.contact.since(*id).is_some_and(|d| d < fresh);
             members.push((*id, matched, heard && last.saturating_sub(matched) < 10_000));
         }
-        Ok(HealthView { leader: Some(self.id()), members })
+        Ok(HealthView { leader: Some(self.id()), term: m.current_term, members })
     }
 
     /// Leader, term, commit index and members with their health.
@@ -599,7 +599,8 @@ impl Node {
         let commit_index = members.iter().find(|mm| Some(mm.id) == leader_id).map_or(0, |mm| mm.matched_index);
         Ok(ClusterStatus {
             leader,
-            term: m.current_term,
+            // The leader's term when a leader answered; this member's own view otherwise.
+            term: if health.leader.is_some() { health.term } else { m.current_term },
             commit_index: commit_index.max(m.last_applied.map_or(0, |l| l.index)),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             members,

@@ -83,6 +83,8 @@ pub struct JoinGrant {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct HealthView {
     pub leader: Option<NodeId>,
+    /// The leader's term.
+    pub term: u64,
     /// Per member: the last log index the leader knows it has, and whether it answered recently.
     pub members: Vec<(NodeId, u64, bool)>,
 }

@@ -42,6 +42,31 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
         }
     }
 
+    // With three voters, a fourth node joining with `--role auto` becomes a learner.
+    let n4 = NodeProc::join(root.path(), "n4", nodes[1].api, &token);
+    let s = poll("n4 to join as a learner", || {
+        let s = status_json(&config, nodes[0].api)?;
+        let n4 = s["members"].as_array().unwrap().iter().find(|m| m["name"] == "n4").cloned();
+        if n4.is_some_and(|m| m["role"] == "learner" && m["healthy"] == true) {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    assert_eq!(voters(&s).len(), 3);
+    // `hsu node remove` takes it out by force (and revokes its certificate).
+    let n4_id = s["members"].as_array().unwrap().iter().find(|m| m["name"] == "n4").unwrap()["id"].to_string();
+    cli_ok(&config, nodes[0].api, &["node", "remove", &n4_id]).unwrap();
+    poll("n4 to be gone", || {
+        let s = status_json(&config, nodes[0].api)?;
+        if s["members"].as_array().unwrap().len() == 3 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    drop(n4);
+
     // A write through one node is read through another.
     cli_ok(&config, nodes[1].api, &["kv", "put", "greeting", "hello"]).unwrap();
     let got = cli_ok(&config, nodes[2].api, &["kv", "get", "greeting", "-o", "json"]).unwrap();

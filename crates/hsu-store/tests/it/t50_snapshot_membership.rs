@@ -49,3 +49,20 @@ async fn a_member_added_after_purge_is_brought_up_by_snapshot() {
     assert_eq!(c.converged().await.1.len(), 151);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_steps_down_and_a_new_term_begins() {
+    let mut c = Cluster::start(3).await;
+    c.put("k", "1").await;
+    let old = c.wait_leader().await;
+    let old_term = c.store(old).raft().metrics().borrow().current_term;
+    c.store(old).remove_member(old).await.unwrap();
+    let rest: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = c.wait_leader_among(&rest).await;
+    let new_term = c.store(new).raft().metrics().borrow().current_term;
+    assert!(new_term > old_term, "leader {new} in term {new_term} after leader {old} in term {old_term}");
+    c.crash(old).await;
+    c.put("k", "2").await;
+    assert_eq!(c.converged().await.1.len(), 1);
+    c.shutdown().await;
+}
