@@ -50,11 +50,12 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Timing {
-    /// Raft heartbeat interval.
-    #[arg(long, value_parser = duration, default_value = "100ms")]
+    /// Raft heartbeat interval. openraft also gives each append this long to complete, the
+    /// follower's fsync included: raise it on slow disks.
+    #[arg(long, value_parser = duration, default_value = "150ms")]
     heartbeat: Duration,
     /// Raft election timeout (randomized between this and twice this).
-    #[arg(long, value_parser = duration, default_value = "500ms")]
+    #[arg(long, value_parser = duration, default_value = "750ms")]
     election_timeout: Duration,
 }
 

@@ -79,11 +79,13 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
     dir.save_pki(&pki)?;
     dir.save_state(&state)?;
 
-    let node = Node::start(&dir, state, pki, opts.tuning).await?;
+    let node = Node::start(&dir, state, pki.clone(), opts.tuning).await?;
     node.store().initialize(BTreeMap::from([(1, Member::new(&name, opts.listen.to_string()))])).await?;
     node.wait_for_leader(Duration::from_secs(10)).await?;
     let now = records::now_ms();
     let record = NodeRecord {
+        cert_sha256: records::leaf_fingerprint(&pki.node.cert_pem)
+            .ok_or_else(|| NodeError::Config("the node certificate does not parse".into()))?,
         id: 1,
         name,
         address: opts.listen.to_string(),

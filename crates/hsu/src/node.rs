@@ -174,6 +174,43 @@ impl Node {
         &self.inner.pki
     }
 
+    /// True when node `id`'s certificate has been revoked (the node was removed), in this node's
+    /// copy of the store. The TLS layers check this once per connection; the endpoints check it
+    /// again per request ([`Node::check_peer`]), so that a connection opened before the removal
+    /// serves no more.
+    pub fn is_revoked(&self, id: NodeId) -> bool {
+        !self.store().range_local(&KeyRange::Key(records::revoked_key(id).into_bytes()), 1).kvs.is_empty()
+    }
+
+    /// Checks that `cert_der` is the certificate node `id` was enrolled with, and that the node is
+    /// neither removed nor revoked, against this node's copy of the store. Every server holds the
+    /// CA key, so a removed server could mint itself a certificate for any id: chaining to the CA
+    /// is necessary, not sufficient. A store that has not received the node records yet (a node
+    /// that is joining and catching up) knows nobody and relies on the TLS checks alone.
+    pub fn check_peer(&self, id: NodeId, cert_der: &[u8]) -> Result<(), String> {
+        if self.is_revoked(id) {
+            return Err(format!("node {id}'s certificate was revoked"));
+        }
+        let store = self.store();
+        if store.range_local(&KeyRange::Prefix(records::NODES.as_bytes().to_vec()), 1).kvs.is_empty() {
+            return Ok(());
+        }
+        let kv = store.range_local(&KeyRange::Key(records::node_key(id).into_bytes()), 1).kvs.into_iter().next();
+        let kv = kv.ok_or_else(|| format!("node {id} is not enrolled in this cluster"))?;
+        let record: NodeRecord = records::decode(&kv.key, &kv.value).map_err(|e| e.to_string())?;
+        // A node marked removed may still finish leaving: its record is marked before the
+        // membership change (a leader that removes itself cannot write afterwards), and until that
+        // change commits it may have to forward its own removal to a new leader.
+        let in_membership = store.raft().metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        if record.removed && !in_membership {
+            return Err(format!("node {id} was removed from the cluster"));
+        }
+        if record.cert_sha256 != sha256(cert_der) {
+            return Err(format!("this is not the certificate node {id} was enrolled with"));
+        }
+        Ok(())
+    }
+
     pub fn ca_fingerprint(&self) -> [u8; 32] {
         self.inner.ca_fingerprint
     }
@@ -442,7 +479,10 @@ impl Node {
             let id: NodeId = records::decode(&next.key, &next.value)?;
             let cert_pem =
                 ca.sign_node_csr(&ticket.csr_pem, id, 365).map_err(|e| PeerError::Invalid(format!("csr: {e}")))?;
+            let cert_sha256 = records::leaf_fingerprint(&cert_pem)
+                .ok_or_else(|| PeerError::Store(Error::Fatal("the signed certificate does not parse".into())))?;
             let record = NodeRecord {
+                cert_sha256,
                 id,
                 name: ticket.name.clone(),
                 address: ticket.address.clone(),
@@ -518,6 +558,12 @@ impl Node {
         };
         if !in_membership && self.get_record::<NodeRecord>(&records::node_key(id)).await?.is_none() {
             return Err(PeerError::NotFound(format!("node {id}")));
+        }
+        if revoke && id == self.id() {
+            // A revoked leader could not replicate the change that removes it.
+            return Err(PeerError::Invalid(format!(
+                "node {id} is the leader: run `hsu node leave` on it, or stop it and remove it once another node leads"
+            )));
         }
         if revoke {
             // Revoke first: from now on its certificate opens no connection, whatever follows.

@@ -227,14 +227,19 @@ impl PeerHandler {
 
 impl Handler for PeerHandler {
     async fn call(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        // The TLS layer already refused anything but a non-revoked certificate of this CA; only
-        // nodes (not administrators) may speak Raft or ask the leader for things.
-        match identity_of(&peer.cert_der) {
-            Ok(Identity::Node(_)) => {}
+        // When the connection opened, the TLS layer refused anything but a non-revoked
+        // certificate of this CA; only nodes (not administrators) may speak Raft or ask the
+        // leader for things.
+        let id = match identity_of(&peer.cert_der) {
+            Ok(Identity::Node(id)) => id,
             Ok(other) => return Err(format!("{other} may not call the node-to-node endpoint")),
             Err(e) => return Err(e.to_string()),
-        }
+        };
         let node = self.node()?;
+        // The handshake checked revocation only when the connection opened; a removed node that
+        // is still running keeps its connections open, so every request is checked again, and
+        // against the certificate the node was enrolled with.
+        node.check_peer(id, &peer.cert_der)?;
         let kind = match method {
             METHOD_APPEND => RpcKind::AppendEntries,
             METHOD_VOTE => RpcKind::Vote,

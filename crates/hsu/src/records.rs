@@ -38,6 +38,15 @@ pub struct NodeRecord {
     pub version: String,
     /// Set by `hsu node remove` and `hsu node leave`; the record stays for the history.
     pub removed: bool,
+    /// The sha256 of the certificate the node was enrolled with. Servers hold the CA key, so a
+    /// certificate that merely chains to the CA proves little; the node must present this one.
+    pub cert_sha256: [u8; 32],
+}
+
+/// The sha256 of the first (leaf) certificate of a PEM chain.
+pub fn leaf_fingerprint(chain_pem: &str) -> Option<[u8; 32]> {
+    let certs = hsu_net::pki::certs_from_pem(chain_pem).ok()?;
+    certs.first().map(|c| hsu_net::pki::sha256(c.as_ref()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,9 @@ pub struct NodeProc {
     child: Option<Child>,
 }
 
-const TIMING: [&str; 4] = ["--heartbeat", "50ms", "--election-timeout", "300ms"];
+/// Faster than the defaults so failovers are quick, but an append (fsync included) still fits
+/// in a heartbeat interval on a loaded machine: openraft times appends out after one interval.
+const TIMING: [&str; 4] = ["--heartbeat", "100ms", "--election-timeout", "400ms"];
 
 impl NodeProc {
     fn spawn(name: &str, dir: PathBuf, listen: SocketAddr, api: SocketAddr, args: &[String]) -> NodeProc {

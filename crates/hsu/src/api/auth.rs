@@ -28,7 +28,13 @@ pub fn principal<T>(node: &Node, req: &Request<T>) -> Result<Principal, Status> 
     if let Some(certs) = req.peer_certs() {
         return match identity_of_chain(&certs) {
             Some(Identity::Admin(name)) => Ok(Principal::Admin(name)),
-            Some(Identity::Node(id)) => Ok(Principal::Node(id)),
+            // The TLS handshake refused revoked certificates only when the connection opened; a
+            // connection opened before the node was removed must not keep serving it, and a
+            // certificate minted with the CA key is not the one the node was enrolled with.
+            Some(Identity::Node(id)) => match node.check_peer(id, certs[0].as_ref()) {
+                Ok(()) => Ok(Principal::Node(id)),
+                Err(e) => Err(Status::unauthenticated(e)),
+            },
             None => Err(Status::unauthenticated("the client certificate carries no HSU identity")),
         };
     }

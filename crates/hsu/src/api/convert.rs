@@ -7,19 +7,36 @@ use hsu_store::{
 };
 use tonic::Status;
 
+/// Keys of the KV API live under this prefix of the store. The cluster's own records (nodes,
+/// tokens, the CA) live outside it, so no KV call can read or change them, whatever its role.
+pub const USER_PREFIX: &[u8] = b"/kv/";
+
+/// A key as the KV API's client wrote it, made into a store key.
+pub fn internal(key: &[u8]) -> Vec<u8> {
+    [USER_PREFIX, key].concat()
+}
+
+/// A store key under [`USER_PREFIX`] as the client knows it.
+fn external(key: Vec<u8>) -> Vec<u8> {
+    match key.strip_prefix(USER_PREFIX) {
+        Some(k) => k.to_vec(),
+        None => key,
+    }
+}
+
 pub fn key_range(key: Vec<u8>, prefix: bool, field: &str) -> Result<KeyRange, Status> {
     if prefix {
-        Ok(KeyRange::Prefix(key))
+        Ok(KeyRange::Prefix(internal(&key)))
     } else if key.is_empty() {
         Err(Status::invalid_argument(format!("{field}: the key is empty (set prefix to address every key)")))
     } else {
-        Ok(KeyRange::Key(key))
+        Ok(KeyRange::Key(internal(&key)))
     }
 }
 
 pub fn kv(kv: KeyValue, keys_only: bool) -> pb::KeyValue {
     pb::KeyValue {
-        key: kv.key,
+        key: external(kv.key),
         value: if keys_only { Vec::new() } else { kv.value },
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
@@ -56,7 +73,7 @@ fn compare(c: pb::Compare, i: usize) -> Result<Compare, Status> {
         Ok(R::Greater) => CompareOp::Greater,
         Err(_) => return Err(Status::invalid_argument(format!("{field}.result: unknown value {}", c.result))),
     };
-    Ok(Compare { key: c.key, target, op })
+    Ok(Compare { key: internal(&c.key), target, op })
 }
 
 fn op(o: pb::RequestOp, field: &str) -> Result<Op, Status> {
@@ -66,7 +83,7 @@ fn op(o: pb::RequestOp, field: &str) -> Result<Op, Status> {
             if p.key.is_empty() {
                 return Err(Status::invalid_argument(format!("{field}.put.key is empty")));
             }
-            Ok(Op::Put { key: p.key, value: p.value, lease: p.lease })
+            Ok(Op::Put { key: internal(&p.key), value: p.value, lease: p.lease })
         }
         Some(R::Delete(d)) => Ok(Op::Delete { range: key_range(d.key, d.prefix, &format!("{field}.delete"))? }),
         Some(R::Range(r)) => {

@@ -59,7 +59,10 @@ impl pb::kv_server::Kv for KvApi {
             return Err(Status::invalid_argument("key is empty"));
         }
         let r = self
-            .txn(Txn { success: vec![Op::Put { key: p.key, value: p.value, lease: p.lease }], ..Default::default() })
+            .txn(Txn {
+                success: vec![Op::Put { key: convert::internal(&p.key), value: p.value, lease: p.lease }],
+                ..Default::default()
+            })
             .await?;
         let prev = match r.responses.into_iter().next() {
             Some(OpResponse::Put { prev }) if p.prev_kv => prev.map(|kv| convert::kv(kv, false)),

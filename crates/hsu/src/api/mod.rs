@@ -61,10 +61,16 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
     );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hsu_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
+    // Reflection describes every service served here, health included, in both protocol
+    // versions (v1alpha for older clients such as grpcurl before 1.9).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hsu_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
+    let reflection_v1alpha =
+        reflection_builder().build_v1alpha().map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
     let cluster = ClusterServer::new(cluster::ClusterApi { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -80,6 +86,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
             let result = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(cluster)
                 .add_service(kv)
                 .serve_with_incoming_shutdown(incoming, serve_node.stopped())
