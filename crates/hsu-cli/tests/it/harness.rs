@@ -90,10 +90,19 @@ impl NodeProc {
         NodeProc::spawn(name, dir, listen, api, &args)
     }
 
-    /// `hsu node run` on the same data directory.
-    pub fn restart(&mut self) {
+    /// `hsu node run` on the same data directory, listening for node-to-node traffic on a new
+    /// address (as after a DHCP change): the node keeps its identity.
+    pub fn restart_moved(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);
-        let args = vec!["node".into(), "run".into(), "--data-dir".into(), self.dir.display().to_string()];
+        self.listen = free_addr();
+        let args = vec![
+            "node".into(),
+            "run".into(),
+            "--data-dir".into(),
+            self.dir.display().to_string(),
+            "--listen".into(),
+            self.listen.to_string(),
+        ];
         let again = NodeProc::spawn(&self.name, self.dir.clone(), self.listen, self.api, &args);
         self.child = Some(again.into_child());
     }

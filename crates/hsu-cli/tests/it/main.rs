@@ -4,3 +4,4 @@
 mod harness;
 
 mod t10_cluster_lifecycle;
+mod t20_cli_kv_and_tokens;

@@ -89,8 +89,9 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
     assert_ne!(s["leader"], Value::from(leader.clone()));
     poll("a write after the failover", || cli_ok(&config, nodes[survivor].api, &["kv", "put", "after", "kill"]));
 
-    // `hsu node run` brings the killed node back and it catches up.
-    nodes[li].restart();
+    // `hsu node run` brings the killed node back, at a new address, and it catches up: its
+    // identity is its id and certificate, and the cluster learns where it is now.
+    nodes[li].restart_moved();
     poll("the restarted node to catch up", || {
         let v = cli_ok(&config, nodes[li].api, &["kv", "get", "after", "--local", "-o", "json"])?;
         if v.contains("\"kill\"") {
@@ -99,10 +100,11 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
             Err(v)
         }
     });
-    poll("the restarted node to be healthy", || {
+    let moved_to = nodes[li].listen.to_string();
+    poll("the restarted node to be healthy at its new address", || {
         let s = status_json(&config, nodes[survivor].api)?;
         let m = s["members"].as_array().unwrap().iter().find(|m| m["name"] == leader.as_str()).cloned();
-        if m.as_ref().is_some_and(|m| m["healthy"] == true) {
+        if m.as_ref().is_some_and(|m| m["healthy"] == true && m["address"] == moved_to.as_str()) {
             Ok(())
         } else {
             Err(s.to_string())
