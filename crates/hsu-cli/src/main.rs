@@ -97,8 +97,13 @@ enum NodeCommand {
     Join {
         /// HOST:PORT of any node's API.
         server: String,
+        /// The join token. Prefer $HSU_TOKEN or --token-file: a command line is visible to every
+        /// user of the machine in `ps`.
+        #[arg(long, env = "HSU_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+        token: Option<String>,
+        /// A file holding the join token.
         #[arg(long)]
-        token: String,
+        token_file: Option<PathBuf>,
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long)]
@@ -261,7 +266,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", init.join_token);
             foreground(init.node).await
         }
-        Command::Node(NodeCommand::Join { server, token, data_dir, listen, api, name, role, voters, timing }) => {
+        Command::Node(NodeCommand::Join {
+            server,
+            token,
+            token_file,
+            data_dir,
+            listen,
+            api,
+            name,
+            role,
+            voters,
+            timing,
+        }) => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow!("--token-file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => bail!("a join token is needed: --token-file FILE, $HSU_TOKEN or --token"),
+            };
             let role = match role {
                 Role::Auto => pb::Role::Auto,
                 Role::Voter => pb::Role::Voter,

@@ -51,13 +51,22 @@ pub struct NodeProc {
 const TIMING: [&str; 4] = ["--heartbeat", "100ms", "--election-timeout", "400ms"];
 
 impl NodeProc {
-    fn spawn(name: &str, dir: PathBuf, listen: SocketAddr, api: SocketAddr, args: &[String]) -> NodeProc {
+    fn spawn(
+        name: &str,
+        dir: PathBuf,
+        listen: SocketAddr,
+        api: SocketAddr,
+        args: &[String],
+        token: Option<&str>,
+    ) -> NodeProc {
         std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
         let log = std::fs::File::options().create(true).append(true).open(log_path(&dir)).unwrap();
         let child = hsu()
             .args(args)
             .args(TIMING)
             .env("HSU_LOG", "info,openraft=warn")
+            // The token travels in the environment, not on the command line where `ps` shows it.
+            .envs(token.map(|t| ("HSU_TOKEN", t)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -73,7 +82,7 @@ impl NodeProc {
             .into_iter()
             .chain([dir.display().to_string(), "--listen".into(), listen.to_string(), "--api".into(), api.to_string()])
             .collect::<Vec<_>>();
-        let n = NodeProc::spawn(name, dir, listen, api, &args);
+        let n = NodeProc::spawn(name, dir, listen, api, &args, None);
         poll(&format!("{name} to write its join token"), || {
             std::fs::read_to_string(n.dir.join("join-token")).map_err(|e| e.to_string()).map(drop)
         });
@@ -82,12 +91,12 @@ impl NodeProc {
 
     pub fn join(root: &Path, name: &str, server: SocketAddr, token: &str) -> NodeProc {
         let (dir, listen, api) = (root.join(name), free_addr(), free_addr());
-        let args = ["node", "join", &server.to_string(), "--token", token, "--name", name, "--data-dir"]
+        let args = ["node", "join", &server.to_string(), "--name", name, "--data-dir"]
             .map(String::from)
             .into_iter()
             .chain([dir.display().to_string(), "--listen".into(), listen.to_string(), "--api".into(), api.to_string()])
             .collect::<Vec<_>>();
-        NodeProc::spawn(name, dir, listen, api, &args)
+        NodeProc::spawn(name, dir, listen, api, &args, Some(token))
     }
 
     /// `hsu node run` on the same data directory, listening for node-to-node traffic on a new
@@ -103,7 +112,7 @@ impl NodeProc {
             "--listen".into(),
             self.listen.to_string(),
         ];
-        let again = NodeProc::spawn(&self.name, self.dir.clone(), self.listen, self.api, &args);
+        let again = NodeProc::spawn(&self.name, self.dir.clone(), self.listen, self.api, &args, None);
         self.child = Some(again.into_child());
     }
 
