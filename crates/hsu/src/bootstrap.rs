@@ -14,7 +14,7 @@ use hsu_store::{Member, Op, Request, Txn};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::client::{channel, error_chain, ClientConfig};
-use crate::datadir::{DataDir, NodeState, Pki};
+use crate::datadir::{DataDir, JoinedVia, NodeState, Pki};
 use crate::error::NodeError;
 use crate::node::{validate_name, Node, Tuning};
 use crate::peer::{PeerReply, PeerRequest};
@@ -74,6 +74,7 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
         listen: opts.listen,
         api: opts.api,
         voters: opts.voters,
+        joined_via: None,
     };
     let pki = Pki { ca_pem: ca.cert_pem().to_string(), node: node_cert, ca_key_pem: Some(ca.key_pem()) };
     dir.save_pki(&pki)?;
@@ -180,7 +181,7 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
     if crate::api::cluster_fingerprint(&grant.ca_pem) != Some(token.ca_hash) {
         return Err(NodeError::Join("the server answered with a CA other than the one it presented".into()));
     }
-    progress(&format!("enrolled as node {} ({name}) in cluster {:?}", grant.node_id, grant.cluster_name));
+    // Saved before anything else happens: an interrupted join then resumes with `hsu node run`.
     dir.create()?;
     let pki = Pki {
         ca_pem: grant.ca_pem.clone(),
@@ -195,8 +196,10 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
         listen: opts.listen,
         api: opts.api,
         voters: opts.voters,
+        joined_via: Some(JoinedVia { server: opts.server.clone(), role: opts.role as i32 }),
     };
     dir.save_state(&state)?;
+    progress(&format!("enrolled as node {} ({}) in cluster {:?}", state.id, state.name, state.cluster_name));
 
     // 3. Start, then ask the leader to add this node to Raft, as itself.
     let node = Node::start(&dir, state, pki.clone(), opts.tuning).await?;
@@ -266,7 +269,13 @@ pub async fn run(
     }
     dir.save_state(&state)?;
     let pki = dir.load_pki()?;
-    let node = Node::start(&dir, state.clone(), pki, tuning).await?;
+    let node = Node::start(&dir, state.clone(), pki.clone(), tuning).await?;
+    let initialized = node.store().raft().is_initialized().await.map_err(|e| NodeError::Config(e.to_string()))?;
+    if let (false, Some(via)) = (initialized, &state.joined_via) {
+        // Enrolled, but never added to Raft (the join was interrupted): finish it now.
+        let role = pb::Role::try_from(via.role).unwrap_or(pb::Role::Auto);
+        add_self(&via.server, &pki, role, state.voters, &node, &|step: &str| tracing::info!("join: {step}")).await?;
+    }
     if moved {
         let node2 = node.clone();
         let member = Member::new(&state.name, state.listen.to_string());

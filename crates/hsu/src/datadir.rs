@@ -20,6 +20,17 @@ pub struct NodeState {
     pub api: SocketAddr,
     /// The number of voters `--role auto` aims for.
     pub voters: u32,
+    /// For a joined node, the API it joined through and the role it asked for, so that `run` can
+    /// finish a join whose last step (being added to Raft) did not complete.
+    #[serde(default)]
+    pub joined_via: Option<JoinedVia>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedVia {
+    pub server: String,
+    /// The `hsu.v1.Role` value asked for.
+    pub role: i32,
 }
 
 /// The node's credentials as files.

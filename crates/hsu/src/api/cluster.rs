@@ -227,7 +227,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
             let _ = tx.send(Ok(step(&format!("asking the leader to add node {id} ({role:?})")))).await;
             let call = node.leader_call(PeerRequest::AddMember { id, role, target_voters });
             tokio::pin!(call);
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let period = Duration::from_millis(500);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             let result = loop {
                 tokio::select! {
                     r = &mut call => break r,
