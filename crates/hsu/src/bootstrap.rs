@@ -178,7 +178,7 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
         .await
         .map_err(|s| NodeError::Join(s.message().to_string()))?
         .into_inner();
-    if crate::api::cluster_fingerprint(&grant.ca_pem) != Some(token.ca_hash) {
+    if records::leaf_fingerprint(&grant.ca_pem) != Some(token.ca_hash) {
         return Err(NodeError::Join("the server answered with a CA other than the one it presented".into()));
     }
     // Saved before anything else happens: an interrupted join then resumes with `hsu node run`.

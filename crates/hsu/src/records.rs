@@ -43,7 +43,8 @@ pub struct NodeRecord {
     pub cert_sha256: [u8; 32],
 }
 
-/// The sha256 of the first (leaf) certificate of a PEM chain.
+/// The sha256 of the first certificate of a PEM bundle: a node's leaf certificate, or the CA
+/// certificate a join token pins.
 pub fn leaf_fingerprint(chain_pem: &str) -> Option<[u8; 32]> {
     let certs = hsu_net::pki::certs_from_pem(chain_pem).ok()?;
     certs.first().map(|c| hsu_net::pki::sha256(c.as_ref()))

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use hsu_net::pki::{certs_from_pem, sha256};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -255,9 +254,4 @@ impl pb::cluster_server::Cluster for ClusterApi {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
-}
-
-/// The sha256 of the first certificate in a PEM bundle.
-pub fn pem_fingerprint(pem: &str) -> Option<[u8; 32]> {
-    certs_from_pem(pem).ok()?.first().map(|c| sha256(c.as_ref()))
 }

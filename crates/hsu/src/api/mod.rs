@@ -99,8 +99,3 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
     );
     Ok(())
 }
-
-/// The sha256 of the first certificate of a PEM bundle: what a join token pins.
-pub fn cluster_fingerprint(pem: &str) -> Option<[u8; 32]> {
-    cluster::pem_fingerprint(pem)
-}
