@@ -19,6 +19,8 @@ fmt:
 bench:
     cargo bench -p hsu-store
 
-# Real nodes in network namespaces under faults (root). Comes with the cluster-tests issue.
-cluster-test:
-    @echo "cluster-tests/ does not exist yet (see docs/ROADMAP.md)"; exit 1
+# Real nodes in network namespaces under faults (root; needs ip and nft). Every scenario, then a
+# table; non-zero exit if a checker fails. ARGS: --seed N, --only t20, --fault-secs S (dev only).
+cluster-test *ARGS:
+    cargo build -p hsu-cli --features failpoints
+    cargo run -p cluster-tests -- {{ARGS}}

@@ -221,6 +221,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
+    // Fault-injection builds only: reads FAILPOINTS (e.g. `quic-send=return(50)`) and keeps the
+    // configured failpoints until the process exits.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let node_cmd = matches!(
         cli.command,

@@ -41,9 +41,10 @@
 //! re-sends the request, but only if the server had not acknowledged all request bytes when
 //! the connection died: in practice, when the connection was already dead (e.g. the peer
 //! restarted) or died while the request was in flight. Once the server acknowledged the
-//! request, the caller gets the error instead. One narrow window remains: a server that acted
-//! on a request and died before its acknowledgement left gets the request again, so handlers
-//! with side effects should be idempotent (or deduplicate by a request id).
+//! request, the caller gets the error instead ([`NetError::ConnectionLost`]: the server may have
+//! acted). One narrow window remains: a server that acted on a request and died before its
+//! acknowledgement left gets the request again, so requests with side effects use
+//! [`Endpoint::call_once`], which re-sends only what certainly never left.
 //!
 //! # Restarts
 //!
@@ -206,6 +207,10 @@ pub enum NetError {
     /// The peer could not be reached, or the connection to it was lost.
     #[error("cannot reach {addr}: {detail}")]
     Connect { addr: SocketAddr, detail: String },
+    /// The connection died after the request was sent and before the reply came: the peer may
+    /// have acted on the request (unlike [`NetError::Connect`], where it certainly did not).
+    #[error("connection to {addr} lost after the request was sent: {detail}")]
+    ConnectionLost { addr: SocketAddr, detail: String },
     /// The call did not complete within the time it was given.
     #[error("no reply from {addr} within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
@@ -383,9 +388,38 @@ impl Endpoint {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
+        self.unary(addr, server_name, method, body, timeout, true).await
+    }
+
+    /// Like [`Endpoint::call`], for a request that must not run twice (a write): it is sent
+    /// again on a fresh connection only when it certainly never left (the cached connection was
+    /// known dead, or the frame was not fully written). When the connection dies after the
+    /// request was written, the call fails with [`NetError::ConnectionLost`], also if the peer
+    /// had not acknowledged the request yet: a peer that acted on it and died before its
+    /// acknowledgement left must not get it again.
+    pub async fn call_once(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        method: u16,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        self.unary(addr, server_name, method, body, timeout, false).await
+    }
+
+    async fn unary(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        method: u16,
+        body: &[u8],
+        timeout: Duration,
+        resend_unacked: bool,
+    ) -> Result<Vec<u8>, NetError> {
         self.check_request_size(body.len())?;
         let attempt = async {
-            let (frame, _, _) = self.request(addr, server_name, KIND_UNARY, method, body).await?;
+            let (frame, _, _) = self.request(addr, server_name, KIND_UNARY, method, body, resend_unacked).await?;
             decode_reply(frame)
         };
         let span = debug_span!("hsu_quic_call", %addr, server_name, method);
@@ -410,7 +444,7 @@ impl Endpoint {
         self.check_request_size(body.len())?;
         let after = self.inner.cfg.stream_open_timeout;
         let span = debug_span!("hsu_quic_stream_open", %addr, server_name, method);
-        let open = self.request(addr, server_name, KIND_STREAM, method, body).instrument(span);
+        let open = self.request(addr, server_name, KIND_STREAM, method, body, true).instrument(span);
         let (header, recv, conn) = match tokio::time::timeout(after, open).await {
             Ok(result) => result?,
             Err(_) => return Err(NetError::Timeout { addr, after }),
@@ -473,7 +507,8 @@ impl Endpoint {
     }
 
     /// Sends one request and reads the first reply frame, re-dialling once if the cached
-    /// connection turns out dead before the request was delivered.
+    /// connection turns out dead before the request was delivered (`resend_unacked`: also when
+    /// it was written but not acknowledged, see the module docs).
     async fn request(
         &self,
         addr: SocketAddr,
@@ -481,12 +516,15 @@ impl Endpoint {
         kind: u8,
         method: u16,
         body: &[u8],
+        resend_unacked: bool,
     ) -> Result<(Vec<u8>, RecvStream, Connection), NetError> {
+        #[cfg(feature = "failpoints")]
+        send_failpoint().await;
         let max = self.inner.cfg.max_frame;
         let (conn, fresh) = self.connection(addr, server_name).await?;
         match exchange(&conn, addr, kind, method, body, max).await {
             Ok((frame, recv)) => Ok((frame, recv, conn)),
-            Err(failure) if failure.retry_safe && !fresh => {
+            Err(failure) if !fresh && (failure.sent == Sent::No || resend_unacked && failure.sent == Sent::Unacked) => {
                 debug!(error = %failure.err, "cached connection is dead and the request was not delivered; re-dialling once");
                 self.evict(addr, server_name, &conn).await;
                 let (conn, _) = self.connection(addr, server_name).await?;
@@ -557,10 +595,36 @@ impl Inner {
     }
 }
 
-/// A failed request attempt, and whether sending it again cannot duplicate it.
+/// The `quic-send` failpoint, on every request this endpoint sends (built only with the
+/// `failpoints` feature). `return(MS)` delays the request by MS milliseconds without blocking a
+/// runtime thread, which is how cluster tests add latency to every peer message
+/// (`FAILPOINTS=quic-send=return(50)`); the fail crate's other actions (`sleep(MS)`, which
+/// blocks the thread, `panic`, `pause`, ...) behave as that crate defines them.
+#[cfg(feature = "failpoints")]
+async fn send_failpoint() {
+    let delay = fail::eval("quic-send", |arg| arg.and_then(|a| a.trim().parse::<u64>().ok()));
+    if let Some(Some(ms)) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// A failed request attempt, and how far the request got.
 struct Failure {
     err: NetError,
-    retry_safe: bool,
+    sent: Sent,
+}
+
+/// How far a request got before its connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// It never left: sending it again cannot duplicate it.
+    No,
+    /// Written, but the peer had not acknowledged all of it: it most likely did not arrive (a
+    /// stale connection to a restarted peer), but a peer that acted and died before its
+    /// acknowledgement left did see it.
+    Unacked,
+    /// The peer acknowledged it (or answered part of it).
+    Delivered,
 }
 
 /// Resets the send side if dropped while the request is still being written (the call was
@@ -587,10 +651,20 @@ async fn exchange(
     body: &[u8],
     max_frame: usize,
 ) -> Result<(Vec<u8>, RecvStream), Failure> {
-    let lost = |e: &ConnectionError, retry_safe| Failure { err: connection_error(addr, e), retry_safe };
+    let lost = |e: &ConnectionError, sent| {
+        let err = match (sent, connection_error(addr, e)) {
+            // After the request was written, a lost connection says nothing about whether the
+            // peer acted: not a `Connect` error, which callers may take as "not sent".
+            (Sent::Unacked | Sent::Delivered, NetError::Connect { addr, detail }) => {
+                NetError::ConnectionLost { addr, detail }
+            }
+            (_, err) => err,
+        };
+        Failure { err, sent }
+    };
     // Opening a stream is local bookkeeping: failing here means the connection is closed
     // and nothing was sent.
-    let (send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e, true))?;
+    let (send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e, Sent::No))?;
     let mut send = ResetOnDrop { send, armed: true };
     let [hi, lo] = method.to_be_bytes();
     let head = [kind, hi, lo];
@@ -603,7 +677,7 @@ async fn exchange(
         Err(e) => {
             if let Some(reason) = conn.close_reason() {
                 // The frame was not fully written, so the server cannot have acted on it.
-                return Err(lost(&reason, true));
+                return Err(lost(&reason, Sent::No));
             }
             // The server stopped reading (e.g. the request is over its limit). It still
             // replies with the reason, so read that.
@@ -635,17 +709,18 @@ async fn exchange(
         Ok(Some(frame)) => Ok((frame, recv)),
         Ok(None) => Err(Failure {
             err: NetError::Protocol("server finished the stream without a reply".into()),
-            retry_safe: false,
+            sent: Sent::Delivered,
         }),
         Err(FrameError::TooLarge { declared, max }) => {
             let _ = recv.stop(VarInt::from_u32(STREAM_TOO_LARGE));
-            Err(Failure { err: NetError::FrameTooLarge { declared, max }, retry_safe: false })
+            Err(Failure { err: NetError::FrameTooLarge { declared, max }, sent: Sent::Delivered })
         }
         Err(e) => match conn.close_reason() {
-            Some(reason) => Err(lost(&reason, !delivered)),
-            None => {
-                Err(Failure { err: NetError::Protocol(format!("reading the reply failed: {e}")), retry_safe: false })
-            }
+            Some(reason) => Err(lost(&reason, if delivered { Sent::Delivered } else { Sent::Unacked })),
+            None => Err(Failure {
+                err: NetError::Protocol(format!("reading the reply failed: {e}")),
+                sent: Sent::Delivered,
+            }),
         },
     }
 }

@@ -261,13 +261,34 @@ impl Node {
             _ => self.inner.tuning.request_timeout,
         };
         let deadline = Instant::now() + timeout;
+        // Who the leader is, when this node's own Raft state does not know: a node that moved
+        // hears from no leader until the leader learns its new address, so it asks the others.
+        let mut hint: Option<(NodeId, Member)> = None;
+        let mut probe = 0usize;
         loop {
             let (leader, member) = {
                 let m = self.store().raft().metrics();
                 let m = m.borrow();
-                let leader = m.current_leader;
-                let member = leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-                (leader, member)
+                let membership = m.membership_config.membership();
+                match m.current_leader {
+                    Some(l) => (Some(l), membership.get_node(&l).cloned()),
+                    None => match hint.take() {
+                        Some((l, member)) => (Some(l), Some(member)),
+                        None => {
+                            // No leader known: ask another member, which answers or names the leader.
+                            let others: Vec<(NodeId, Member)> = membership
+                                .nodes()
+                                .filter(|(id, _)| **id != self.id())
+                                .map(|(id, n)| (*id, n.clone()))
+                                .collect();
+                            probe += 1;
+                            match others.get(probe % others.len().max(1)) {
+                                Some((id, n)) => (Some(*id), Some(n.clone())),
+                                None => (None, None),
+                            }
+                        }
+                    },
+                }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = match (leader, member) {
@@ -292,7 +313,11 @@ impl Node {
                 _ => Err(Error::Unavailable("no leader is known yet".into()).into()),
             };
             match result {
-                Err(PeerError::Store(Error::NotLeader { .. } | Error::Unavailable(_))) if Instant::now() < deadline => {
+                Err(PeerError::Store(Error::NotLeader { leader })) if Instant::now() < deadline => {
+                    hint = leader.filter(|(l, _)| *l != self.id());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(PeerError::Store(Error::Unavailable(_))) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,
@@ -321,7 +346,10 @@ impl Node {
             PeerRequest::UpdateAddress { id, member } => {
                 self.must_lead()?;
                 let _one_at_a_time = self.inner.membership.lock().await;
-                self.retry_membership(|| self.store().set_member(id, member.clone())).await?;
+                let timeout = self.inner.tuning.request_timeout;
+                tokio::time::timeout(timeout, self.store().set_member(id, member.clone()))
+                    .await
+                    .map_err(|_| Error::Timeout(timeout))??;
                 if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
                     rec.address = member.addr;
                     self.put_record(&records::node_key(id), &rec).await?;
@@ -583,18 +611,24 @@ impl Node {
     }
 
     /// Runs a membership change, waiting out a change that is still being committed.
+    /// Every attempt is bounded too: a leader that lost its leadership without hearing of it (a
+    /// restarted node whose old vote made it leader again) would otherwise wait forever for a
+    /// change that can never commit.
     async fn retry_membership<F, Fut>(&self, change: F) -> Result<(), Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), Error>>,
     {
-        let deadline = Instant::now() + self.inner.tuning.membership_timeout;
+        let limit = self.inner.tuning.membership_timeout;
+        let deadline = Instant::now() + limit;
         loop {
-            match change().await {
-                Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, change()).await {
+                Err(_) => return Err(Error::Timeout(limit)),
+                Ok(Err(Error::Unavailable(_))) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
-                other => return other,
+                Ok(other) => return other,
             }
         }
     }

@@ -160,7 +160,7 @@ impl RaftTransport for QuicRaftTransport {
         let reply =
             self.endpoint.call(addr, &node_server_name(target), method, &body, timeout).await.map_err(|e| match e {
                 NetError::Timeout { after, .. } => TransportError::Timeout(target, after),
-                NetError::Connect { .. } | NetError::Tls(_) | NetError::Closed => {
+                NetError::Connect { .. } | NetError::ConnectionLost { .. } | NetError::Tls(_) | NetError::Closed => {
                     TransportError::Unreachable(target, e.to_string())
                 }
                 other => TransportError::Failed(target, other.to_string()),
@@ -180,7 +180,15 @@ pub async fn call_peer(
 ) -> Result<PeerReply, PeerCallError> {
     let addr = parse_addr(addr).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e)))?;
     let body = encode_record(req).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e.to_string())))?;
-    let bytes = endpoint.call(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await.map_err(|e| match e {
+    // A request with side effects must reach the leader at most once: if the connection dies
+    // after it was written, the answer is "unknown", never a second copy.
+    let idempotent = matches!(req, PeerRequest::Range { .. } | PeerRequest::Health);
+    let call = if idempotent {
+        endpoint.call(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
+    } else {
+        endpoint.call_once(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
+    };
+    let bytes = call.map_err(|e| match e {
         NetError::Connect { .. } | NetError::Tls(_) | NetError::Closed | NetError::FrameTooLarge { .. } => {
             PeerCallError::NotSent(e)
         }

@@ -528,6 +528,33 @@ async fn crashed_server_with_stable_reset_key_is_redialled_transparently() {
 }
 
 #[tokio::test]
+async fn call_once_does_not_resend_a_written_request() {
+    let net = Net::new();
+    let handler = Arc::new(TestHandler::default());
+    let cfg = EndpointConfig { stateless_reset_key: Some([42; 32]), ..EndpointConfig::default() };
+    let old = CrashableServer::start(&net, handler.clone(), cfg.clone()).await;
+    let addr = old.addr;
+    let client = net.client(EndpointConfig::default());
+    client.call_once(addr, "node-1.hsu", ECHO, b"before", LONG).await.unwrap();
+
+    old.crash().await;
+    let restarted = bind_when_free(|| net.serve_at(addr, handler.clone(), cfg.clone())).await;
+
+    // Written on the stale connection, then reset: from the client's side this cannot be told
+    // apart from a server that acted and died before acknowledging, so a request that must not
+    // run twice fails as "maybe delivered" instead of being sent again.
+    let err = client.call_once(addr, "node-1.hsu", ECHO, b"after", Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(err, NetError::ConnectionLost { addr: a, .. } if a == addr), "{err:?}");
+    assert_eq!(handler.calls(), 1, "the request must not be sent again");
+    // The next call dials a fresh connection.
+    let reply = client.call_once(addr, "node-1.hsu", ECHO, b"next", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(reply, b"next");
+    assert_eq!(restarted.stats().accepted, 1);
+    client.shutdown().await;
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
 async fn crashed_server_without_reset_key_is_redialled_after_idle_timeout() {
     let net = Net::new();
     let handler = Arc::new(TestHandler::default());

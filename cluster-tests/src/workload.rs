@@ -1,0 +1,379 @@
+//! Clients over the public gRPC API, in the test process (root namespace): reads, writes and
+//! compare-and-swaps on a few registers, plus a set workload (each add a put of a unique key
+//! under `set/`). Every operation is recorded with its start and end time and its outcome as an
+//! [`Operation`] for the linearizability checker.
+//!
+//! Outcomes: an answer is `Ok`. A failed read is `Failed` (the checker ignores failed and
+//! indeterminate reads alike). A failed write is `Failed` only when the server said that nothing
+//! was proposed: `Unavailable` with the node's "not the leader" or "no leader is known yet", or
+//! "leader N unreachable" (the node could not send it). Everything else (deadline exceeded, a
+//! transport error mid-call, a client timeout, unknown or internal errors, a store shut down) is
+//! `Indeterminate`: the write may or may not take effect, which is always safe for the checker.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hsu::client::{ClientConfig, Kv};
+use hsu_proto::v1 as pb;
+use hsu_store::linearizability::{Op, Operation, Outcome};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::cluster::Cluster;
+
+/// A client gives up on a call after this (the node's own request timeout is 5 s).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
+pub const SET_PREFIX: &str = "set/";
+
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    pub clients: usize,
+    /// Registers `reg/0`.. for the linearizability workload.
+    pub keys: usize,
+    /// Pause between two operations of one client.
+    pub think: Duration,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig { clients: 4, keys: 4, think: Duration::from_millis(20) }
+    }
+}
+
+/// What the clients did.
+#[derive(Default)]
+pub struct History {
+    pub ops: Vec<Operation>,
+    /// Set adds: the key and what the client was told.
+    pub adds: Vec<(String, Outcome)>,
+}
+
+impl History {
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        let outcomes = self.ops.iter().map(|o| o.outcome).chain(self.adds.iter().map(|a| a.1));
+        for o in outcomes {
+            match o {
+                Outcome::Ok => c.0 += 1,
+                Outcome::Failed => c.1 += 1,
+                Outcome::Indeterminate => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// True when a write's error says that nothing was proposed (see the module docs).
+pub fn nothing_proposed(status: &tonic::Status) -> bool {
+    let m = status.message();
+    match status.code() {
+        Code::Unavailable => {
+            m.starts_with("not the leader")
+                || m == "no quorum: no leader is known yet"
+                || (m.starts_with("no quorum: leader ") && m.contains(" unreachable: "))
+        }
+        // Refused by the API layer before anything reached the store.
+        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated => true,
+        _ => false,
+    }
+}
+
+fn write_outcome(status: &tonic::Status) -> Outcome {
+    if nothing_proposed(status) {
+        Outcome::Failed
+    } else {
+        Outcome::Indeterminate
+    }
+}
+
+/// Starts the clients; they run until `stop` turns true (or `max` passes) and return their
+/// histories, merged, when joined with [`Clients::finish`].
+pub struct Clients {
+    tasks: Vec<tokio::task::JoinHandle<History>>,
+}
+
+impl Clients {
+    pub fn start(
+        cfg: &WorkloadConfig,
+        admin: &ClientConfig,
+        endpoints: Vec<String>,
+        epoch: Instant,
+        seed: u64,
+        stop: watch::Receiver<bool>,
+        max: Duration,
+    ) -> Clients {
+        let tasks = (0..cfg.clients)
+            .map(|c| {
+                let client = Client {
+                    id: c as u64,
+                    admin: admin.clone(),
+                    endpoints: endpoints.clone(),
+                    at: c % endpoints.len(),
+                    kv: None,
+                    epoch,
+                    rng: SmallRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(c as u64)),
+                    known: HashMap::new(),
+                    seq: 0,
+                    cfg: cfg.clone(),
+                };
+                tokio::spawn(client.run(stop.clone(), max))
+            })
+            .collect();
+        Clients { tasks }
+    }
+
+    pub async fn finish(self) -> History {
+        let mut all = History::default();
+        for t in self.tasks {
+            if let Ok(h) = t.await {
+                all.ops.extend(h.ops);
+                all.adds.extend(h.adds);
+            }
+        }
+        all
+    }
+}
+
+struct Client {
+    id: u64,
+    admin: ClientConfig,
+    endpoints: Vec<String>,
+    at: usize,
+    kv: Option<Kv>,
+    epoch: Instant,
+    rng: SmallRng,
+    /// The value this client last saw per register (what its CAS expects).
+    known: HashMap<usize, Option<Vec<u8>>>,
+    seq: u64,
+    cfg: WorkloadConfig,
+}
+
+enum Kind {
+    Read(usize),
+    Write(usize),
+    Cas(usize),
+    Add,
+}
+
+impl Client {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Moves to the next node and drops the connection.
+    fn rotate(&mut self) {
+        self.kv = None;
+        self.at = (self.at + 1) % self.endpoints.len();
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>, max: Duration) -> History {
+        let mut history = History::default();
+        let deadline = Instant::now() + max;
+        while !*stop.borrow() && Instant::now() < deadline {
+            if self.kv.is_none() {
+                match Cluster::connect(&self.admin, &self.endpoints[self.at]).await {
+                    Ok((_, kv)) => self.kv = Some(kv),
+                    Err(_) => {
+                        // Nothing was sent: not an operation.
+                        self.rotate();
+                        let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
+                        continue;
+                    }
+                }
+            }
+            let key = self.rng.gen_range(0..self.cfg.keys);
+            let kind = match self.rng.gen_range(0..100) {
+                0..=34 => Kind::Read(key),
+                35..=59 => Kind::Write(key),
+                60..=84 => Kind::Cas(key),
+                _ => Kind::Add,
+            };
+            let ok = self.one(kind, &mut history).await;
+            if !ok {
+                self.rotate();
+            }
+            let _ = tokio::time::timeout(self.cfg.think, stop.changed()).await;
+        }
+        history
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        format!("c{}-{}", self.id, self.seq).into_bytes()
+    }
+
+    /// Runs one operation and records it; false when it did not get a definite answer.
+    async fn one(&mut self, kind: Kind, history: &mut History) -> bool {
+        let mut kv = self.kv.clone().expect("connected");
+        let start = self.now();
+        match kind {
+            Kind::Read(k) => {
+                let key = reg(k);
+                let req = pb::RangeRequest { key: key.clone(), ..Default::default() };
+                let r = tokio::time::timeout(OP_TIMEOUT, kv.range(req)).await;
+                let end = self.now();
+                let (value, outcome) = match r {
+                    Ok(Ok(resp)) => (resp.into_inner().kvs.into_iter().next().map(|kv| kv.value), Outcome::Ok),
+                    _ => (None, Outcome::Failed),
+                };
+                if outcome == Outcome::Ok {
+                    self.known.insert(k, value.clone());
+                }
+                history.ops.push(Operation { client: self.id, start, end, op: Op::Read { key, value }, outcome });
+                outcome == Outcome::Ok
+            }
+            Kind::Write(k) => {
+                let key = reg(k);
+                let value = self.value();
+                let req = pb::PutRequest { key: key.clone(), value: value.clone(), ..Default::default() };
+                let r = tokio::time::timeout(OP_TIMEOUT, kv.put(req)).await;
+                let end = self.now();
+                let outcome = match &r {
+                    Ok(Ok(_)) => Outcome::Ok,
+                    Ok(Err(s)) => write_outcome(s),
+                    Err(_) => Outcome::Indeterminate,
+                };
+                if outcome == Outcome::Ok {
+                    self.known.insert(k, Some(value.clone()));
+                }
+                history.ops.push(Operation { client: self.id, start, end, op: Op::Write { key, value }, outcome });
+                outcome == Outcome::Ok
+            }
+            Kind::Cas(k) => {
+                let key = reg(k);
+                let expected = self.known.get(&k).cloned().flatten();
+                let new = self.value();
+                let compare = match &expected {
+                    None => pb::Compare {
+                        key: key.clone(),
+                        target: pb::compare::Target::Version as i32,
+                        result: pb::compare::Result::Equal as i32,
+                        value: vec![],
+                        number: 0,
+                    },
+                    Some(v) => pb::Compare {
+                        key: key.clone(),
+                        target: pb::compare::Target::Value as i32,
+                        result: pb::compare::Result::Equal as i32,
+                        value: v.clone(),
+                        number: 0,
+                    },
+                };
+                let put = pb::RequestOp {
+                    request: Some(pb::request_op::Request::Put(pb::PutRequest {
+                        key: key.clone(),
+                        value: new.clone(),
+                        ..Default::default()
+                    })),
+                };
+                let req = pb::TxnRequest { compare: vec![compare], success: vec![put], failure: vec![] };
+                let r = tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await;
+                let end = self.now();
+                let (outcome, swapped) = match &r {
+                    Ok(Ok(resp)) => (Outcome::Ok, resp.get_ref().succeeded),
+                    Ok(Err(s)) => (write_outcome(s), false),
+                    Err(_) => (Outcome::Indeterminate, false),
+                };
+                if outcome == Outcome::Ok && swapped {
+                    self.known.insert(k, Some(new.clone()));
+                } else if outcome == Outcome::Ok {
+                    // Did not swap: what this client knew is stale; read again before the next CAS.
+                    self.known.remove(&k);
+                }
+                let op = Op::Cas { key, expected, new, swapped };
+                history.ops.push(Operation { client: self.id, start, end, op, outcome });
+                outcome == Outcome::Ok
+            }
+            Kind::Add => {
+                let v = self.value();
+                let key = format!("{SET_PREFIX}{}", String::from_utf8_lossy(&v));
+                let req = pb::PutRequest { key: key.clone().into_bytes(), value: b"1".to_vec(), ..Default::default() };
+                let r = tokio::time::timeout(OP_TIMEOUT, kv.put(req)).await;
+                let outcome = match &r {
+                    Ok(Ok(_)) => Outcome::Ok,
+                    Ok(Err(s)) => write_outcome(s),
+                    Err(_) => Outcome::Indeterminate,
+                };
+                history.adds.push((key, outcome));
+                outcome == Outcome::Ok
+            }
+        }
+    }
+}
+
+pub fn reg(k: usize) -> Vec<u8> {
+    format!("reg/{k}").into_bytes()
+}
+
+/// The keys under [`SET_PREFIX`] as a linearizable read sees them, asked of each endpoint in
+/// turn until one answers (bounded by `timeout`).
+pub async fn read_set(admin: &ClientConfig, endpoints: &[String], timeout: Duration) -> Result<Vec<String>, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut attempt = 0usize;
+    while start.elapsed() < timeout {
+        let ep = &endpoints[attempt % endpoints.len()];
+        attempt += 1;
+        match Cluster::connect(admin, ep).await {
+            Ok((_, mut kv)) => {
+                let req = pb::RangeRequest {
+                    key: SET_PREFIX.as_bytes().to_vec(),
+                    prefix: true,
+                    keys_only: true,
+                    ..Default::default()
+                };
+                match tokio::time::timeout(OP_TIMEOUT, kv.range(req)).await {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        if r.more {
+                            return Err("the set read came back incomplete (more = true)".into());
+                        }
+                        return Ok(r.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect());
+                    }
+                    Ok(Err(s)) => last = format!("{ep}: {:?}: {}", s.code(), s.message()),
+                    Err(_) => last = format!("{ep}: timed out"),
+                }
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("no node answered the final set read within {timeout:?}; last: {last}"))
+}
+
+/// How long after the faults stop until a write succeeds: one put at a time, each bounded by
+/// 1 s, rotating over the endpoints; gives up after `limit`.
+pub async fn time_to_write(admin: &ClientConfig, endpoints: &[String], limit: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut attempt = 0usize;
+    let mut clients: HashMap<String, Kv> = HashMap::new();
+    while start.elapsed() < limit {
+        let ep = endpoints[attempt % endpoints.len()].clone();
+        attempt += 1;
+        let kv = match clients.get(&ep).cloned() {
+            Some(kv) => Ok(kv),
+            None => Cluster::connect(admin, &ep).await.map(|(_, kv)| kv),
+        };
+        match kv {
+            Ok(mut kv) => {
+                clients.insert(ep.clone(), kv.clone());
+                let req = pb::PutRequest {
+                    key: b"recovery".to_vec(),
+                    value: attempt.to_string().into_bytes(),
+                    ..Default::default()
+                };
+                match tokio::time::timeout(Duration::from_secs(1), kv.put(req)).await {
+                    Ok(Ok(_)) => return Ok(start.elapsed()),
+                    Ok(Err(s)) => last = format!("{ep}: {:?}: {}", s.code(), s.message()),
+                    Err(_) => last = format!("{ep}: no answer within 1s"),
+                }
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("no write succeeded within {limit:?}; last: {last}"))
+}
