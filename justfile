@@ -19,6 +19,12 @@ fmt:
 bench:
     cargo bench -p hsu-store
 
+# Real hsu processes against a 3-member etcd (when `etcd` is on PATH): puts, reads, RSS, failover.
+# Builds the hsu binary it starts first, so it never measures a stale one.
+bench-store:
+    cargo build --release -p hsu-cli
+    cargo run --release -p hsu-bench -- store
+
 # Real nodes in network namespaces under faults (root; needs ip and nft). Every scenario, then a
 # table; non-zero exit if a checker fails. ARGS: --seed N, --only t20, --fault-secs S (dev only).
 cluster-test *ARGS:
