@@ -70,21 +70,28 @@ impl Timing {
     }
 }
 
+/// Where a new node keeps its data and listens, and what it is called.
+#[derive(clap::Args)]
+struct Place {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Node-to-node (QUIC) address.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// gRPC API address.
+    #[arg(long)]
+    api: SocketAddr,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Create a cluster with this machine as its first node, and run it in the foreground.
     Init {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Node-to-node (QUIC) address.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// gRPC API address.
-        #[arg(long)]
-        api: SocketAddr,
-        /// Node name (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        place: Place,
         #[arg(long, default_value = "hsu")]
         cluster_name: String,
         /// Voters that `--role auto` joins aim for (3 or 5).
@@ -104,14 +111,8 @@ enum NodeCommand {
         /// A file holding the join token.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        api: SocketAddr,
-        #[arg(long)]
-        name: Option<String>,
+        #[command(flatten)]
+        place: Place,
         #[arg(long, value_enum, default_value = "auto")]
         role: Role,
         #[arg(long, default_value_t = 3)]
@@ -253,7 +254,12 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Node(NodeCommand::Init { data_dir, listen, api, name, cluster_name, voters, timing }) => {
+        Command::Node(NodeCommand::Init {
+            place: Place { data_dir, listen, api, name },
+            cluster_name,
+            voters,
+            timing,
+        }) => {
             let opts = InitOptions {
                 data_dir: data_dir.clone(),
                 listen,
@@ -274,10 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             token,
             token_file,
-            data_dir,
-            listen,
-            api,
-            name,
+            place: Place { data_dir, listen, api, name },
             role,
             voters,
             timing,
