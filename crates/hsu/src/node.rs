@@ -570,9 +570,11 @@ impl Node {
         };
         let member = Member::new(record.name.clone(), record.address.clone());
         let _one_at_a_time = self.inner.membership.lock().await;
-        self.retry_membership(|| self.store().add_learner(id, member.clone())).await?;
+        // `add_voter` adds the node as a learner that catches up first, then promotes it.
         if voter {
             self.retry_membership(|| self.store().add_voter(id, member.clone())).await?;
+        } else {
+            self.retry_membership(|| self.store().add_learner(id, member.clone())).await?;
         }
         Ok(if voter { "voter" } else { "learner" }.into())
     }
