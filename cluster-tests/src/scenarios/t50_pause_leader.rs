@@ -20,7 +20,7 @@ pub async fn faults(ctx: &mut Ctx) -> Result<()> {
         }
         let (leader, term) = ctx.leader().await?;
         ctx.pause(leader, &format!("leader of term {term}"))?;
-        // The election timeout is 750-1500 ms: a pause of 3-5 s is well past it.
+        // A follower campaigns after 0.75-1 s of silence (DEFAULT_TIMING): 3-5 s is well past it.
         let hold = ctx.ms(3000, 5000);
         ctx.sleep(hold).await;
         ctx.resume(leader)?;

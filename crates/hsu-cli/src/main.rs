@@ -54,8 +54,9 @@ struct Timing {
     /// follower's fsync included: raise it on slow disks.
     #[arg(long, value_parser = duration, default_value = "150ms")]
     heartbeat: Duration,
-    /// Raft election timeout (randomized between this and twice this).
-    #[arg(long, value_parser = duration, default_value = "750ms")]
+    /// Raft election timeout T: randomized between T and 2T, and openraft adds a leader lease of
+    /// 2T, so a follower campaigns after 3T-4T without hearing from a leader.
+    #[arg(long, value_parser = duration, default_value = "250ms")]
     election_timeout: Duration,
 }
 

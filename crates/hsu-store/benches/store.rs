@@ -1,6 +1,7 @@
 //! The store's write benchmark: three in-process members on real sled directories with fsync on,
 //! joined by the in-process router; 1, 16 and 64 concurrent writers put 256-byte values to the
-//! leader for a fixed time. Prints ops/s, p50 and p99 per writer count.
+//! leader for a fixed time, then 1 and 16 readers do linearizable gets. Prints ops/s, p50 and p99
+//! per step.
 //!
 //! `cargo bench -p hsu-store` (HSU_BENCH_SECS sets the seconds per step, default 5;
 //! HSU_BENCH_DIR the directory for the data, default the system temp dir).
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsu_store::{Member, Router, Store, StoreConfig};
+use hsu_store::{Consistency, Member, Router, Store, StoreConfig};
 use tokio::time::Instant;
 
 const VALUE_LEN: usize = 256;
@@ -38,12 +39,15 @@ async fn main() {
 
     println!("hsu-store: 3 in-process members, sled with fsync per appended batch, {VALUE_LEN}-byte values, {secs}s per step");
     println!("data in {}", dir.path().display());
-    println!("{:>8} {:>10} {:>10} {:>10} {:>10} {:>8}", "writers", "ops", "ops/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "{:<14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "op", "clients", "ops", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
     let value = Arc::new(vec![b'x'; VALUE_LEN]);
-    for writers in [1usize, 16, 64] {
+    for (op, clients) in [(Op::Put, 1usize), (Op::Put, 16), (Op::Put, 64), (Op::Get, 1), (Op::Get, 16)] {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut tasks = Vec::new();
-        for w in 0..writers {
+        for c in 0..clients {
             let (stores, value) = (stores.clone(), value.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -52,8 +56,15 @@ async fn main() {
                 let mut store = leader(&stores).await;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match store.put(format!("bench/{writers}/{w}/{n}"), value.as_slice(), 0).await {
-                        Ok(_) => lat.push(t.elapsed()),
+                    let done = match op {
+                        Op::Put => store.put(format!("bench/{clients}/{c}/{n}"), value.as_slice(), 0).await.map(drop),
+                        // Keys the put steps wrote: a linearizable read through a read-index round.
+                        Op::Get => {
+                            store.get(format!("bench/1/0/{}", n % 100), Consistency::Linearizable).await.map(drop)
+                        }
+                    };
+                    match done {
+                        Ok(()) => lat.push(t.elapsed()),
                         // A leader change under load: count it and follow the new leader.
                         Err(_) => {
                             errors += 1;
@@ -69,7 +80,7 @@ async fn main() {
         let mut lat = Vec::new();
         let mut errors = 0;
         for t in tasks {
-            let (l, e) = t.await.expect("writer");
+            let (l, e) = t.await.expect("client");
             lat.extend(l);
             errors += e;
         }
@@ -77,8 +88,9 @@ async fn main() {
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
         println!(
-            "{:>8} {:>10} {:>10.0} {:>10.2} {:>10.2} {:>8}",
-            writers,
+            "{:<14} {:>8} {:>10} {:>10.0} {:>10.2} {:>10.2} {:>8}",
+            op.label(),
+            clients,
             lat.len(),
             lat.len() as f64 / elapsed,
             pct(0.50),
@@ -101,5 +113,20 @@ async fn leader(stores: &[Store]) -> Store {
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get (lin.)",
+        }
     }
 }

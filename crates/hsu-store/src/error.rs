@@ -54,6 +54,12 @@ pub enum Error {
     InvalidRequest(String),
     #[error("the store is shut down")]
     Shutdown,
+    /// The leader a request was sent to was replaced before it answered: the request may or may
+    /// not take effect (as etcd's "leader changed").
+    #[error(
+        "leader changed: node {from} was replaced while the request was in flight; it may or may not have been applied"
+    )]
+    LeaderChanged { from: NodeId },
     /// A storage or consensus failure; the member stops serving.
     #[error("fatal store error: {0}")]
     Fatal(String),
@@ -62,6 +68,6 @@ pub enum Error {
 impl Error {
     /// True when a write that returned this error may nevertheless take effect.
     pub fn is_indeterminate(&self) -> bool {
-        matches!(self, Error::Timeout(_) | Error::Shutdown | Error::Fatal(_))
+        matches!(self, Error::Timeout(_) | Error::Shutdown | Error::Fatal(_) | Error::LeaderChanged { .. })
     }
 }

@@ -17,6 +17,7 @@ mod kv;
 mod lease;
 pub mod linearizability;
 mod network;
+mod read_index;
 mod router;
 mod storage;
 mod store;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::error::{Error, OpenError};
 use crate::lease::{leader_term, SharedLeaseClock};
 use crate::network::{Network, RaftTransport};
+use crate::read_index::ReadBatcher;
 use crate::storage::log::LogStore;
 use crate::storage::open_db;
 use crate::storage::sm::{SmShared, StateMachine};
@@ -57,17 +58,19 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// Defaults for a LAN with ordinary disks: failover in one to two seconds, like etcd's. A
-    /// follower acknowledges an append only after its fsync, and openraft gives an append one
-    /// heartbeat interval to complete, so the interval sits above the fsync tails seen under load
-    /// (100-200 ms here) and the election timeout well above it; fast disks can go lower.
+    /// Defaults for a LAN with ordinary disks. A follower acknowledges an append only after its
+    /// fsync, and openraft gives an append one heartbeat interval to complete, so the interval
+    /// sits above the fsync tails seen under load (100-200 ms here). openraft 0.9 adds a leader
+    /// lease of `election_timeout_max` to the randomized timeout: a follower campaigns only after
+    /// `max + random(min..max)` without hearing from a leader: 750-1000 ms with these values, five
+    /// or more missed heartbeats (etcd campaigns after 1000-2000 ms with its defaults).
     pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             id,
             data_dir: data_dir.into(),
             heartbeat_interval: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(750),
-            election_timeout_max: Duration::from_millis(1500),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
             request_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
             logs_kept_after_snapshot: 1_000,
@@ -108,6 +111,7 @@ struct Inner {
     sm: Arc<SmShared>,
     leases: SharedLeaseClock,
     request_timeout: Duration,
+    reads: ReadBatcher,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -137,6 +141,7 @@ impl Store {
             sm,
             leases: SharedLeaseClock::default(),
             request_timeout: config.request_timeout,
+            reads: ReadBatcher::default(),
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
@@ -356,8 +361,29 @@ impl Store {
         }
     }
 
-    /// Waits until a read from the local state machine is linearizable.
+    /// Waits until a read from the local state machine is linearizable. Concurrent callers share
+    /// read-index rounds (see [`crate::read_index`]).
     async fn read_barrier(&self) -> Result<(), Error> {
+        let (mut round, start_driver) = self.inner.reads.join();
+        if start_driver {
+            let store = self.clone();
+            tokio::spawn(async move {
+                while let Some(batch) = store.inner.reads.next_batch() {
+                    batch.send_replace(Some(store.read_round().await));
+                }
+            });
+        }
+        let timeout = self.inner.request_timeout;
+        let done = tokio::time::timeout(timeout, round.wait_for(Option::is_some))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::Unavailable("the read-index round was abandoned".into()))?;
+        done.clone().unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// One read-index round: confirms leadership with a quorum and waits until this member has
+    /// applied everything committed when the round began.
+    async fn read_round(&self) -> Result<(), Error> {
         let timeout = self.inner.request_timeout;
         tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable())
             .await

@@ -28,7 +28,10 @@ pub enum NodeError {
 pub fn status_of(e: StoreError) -> tonic::Status {
     use tonic::Code;
     let code = match &e {
-        StoreError::NotLeader { .. } | StoreError::Unavailable(_) | StoreError::Shutdown => Code::Unavailable,
+        StoreError::NotLeader { .. }
+        | StoreError::Unavailable(_)
+        | StoreError::Shutdown
+        | StoreError::LeaderChanged { .. } => Code::Unavailable,
         StoreError::Timeout(_) => Code::DeadlineExceeded,
         StoreError::Compacted { .. } => Code::OutOfRange,
         StoreError::Rejected(_) => Code::FailedPrecondition,

@@ -294,14 +294,25 @@ impl Node {
             let result = match (leader, member) {
                 (Some(l), _) if l == self.id() => self.handle_peer(req.clone()).await,
                 (Some(l), Some(member)) => {
-                    match call_peer(&self.inner.endpoint, l, &member.addr, &req, remaining).await {
-                        Ok(reply) => Ok(reply),
-                        Err(PeerCallError::Remote(e)) => Err(e),
-                        Err(PeerCallError::NotSent(e)) => {
+                    // A leader that died does not answer until the timeout; once another leader is
+                    // known, waiting longer for this one serves nobody.
+                    let call = tokio::select! {
+                        r = call_peer(&self.inner.endpoint, l, &member.addr, &req, remaining) => Some(r),
+                        () = self.leader_replaced(l) => None,
+                    };
+                    match call {
+                        None if req.is_idempotent() => {
+                            Err(Error::Unavailable(format!("leader {l} was replaced during the request")).into())
+                        }
+                        // It may have reached the old leader and may still commit: the outcome is unknown.
+                        None => return Err(Error::LeaderChanged { from: l }.into()),
+                        Some(Ok(reply)) => Ok(reply),
+                        Some(Err(PeerCallError::Remote(e))) => Err(e),
+                        Some(Err(PeerCallError::NotSent(e))) => {
                             Err(Error::Unavailable(format!("leader {l} unreachable: {e}")).into())
                         }
-                        Err(PeerCallError::Unknown(e)) => {
-                            if matches!(req, PeerRequest::Range { .. } | PeerRequest::Health) {
+                        Some(Err(PeerCallError::Unknown(e))) => {
+                            if req.is_idempotent() {
                                 Err(Error::Unavailable(format!("leader {l}: {e}")).into())
                             } else {
                                 // The leader may have acted on it: say so rather than retry.
@@ -322,6 +333,14 @@ impl Node {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Resolves once this node knows of a leader other than `old` (never, if the store stops).
+    async fn leader_replaced(&self, old: NodeId) {
+        let mut metrics = self.store().raft().metrics();
+        if metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != old)).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 

@@ -42,6 +42,13 @@ pub enum PeerRequest {
     Health,
 }
 
+impl PeerRequest {
+    /// Reads: safe to send again, or to another leader, when the outcome of a call is unknown.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self, PeerRequest::Range { .. } | PeerRequest::Health)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoleWish {
     Auto,
@@ -182,8 +189,7 @@ pub async fn call_peer(
     let body = encode_record(req).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e.to_string())))?;
     // A request with side effects must reach the leader at most once: if the connection dies
     // after it was written, the answer is "unknown", never a second copy.
-    let idempotent = matches!(req, PeerRequest::Range { .. } | PeerRequest::Health);
-    let call = if idempotent {
+    let call = if req.is_idempotent() {
         endpoint.call(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
     } else {
         endpoint.call_once(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await

@@ -77,6 +77,13 @@ fn three_processes_form_a_cluster_survive_kill_9_and_shrink_on_leave() {
     let li = nodes.iter().position(|n| n.name == leader).unwrap();
     nodes[li].kill9();
     let survivor = nodes.iter().position(|n| n.name != leader).unwrap();
+    // Sent at once, while the survivor still takes the dead node for its leader: the survivor
+    // forwards the read there, and must send it to the new leader as soon as one is elected
+    // rather than wait for the dead one until the request times out.
+    let got = cli_ok(&config, nodes[survivor].api, &["kv", "get", "greeting", "-o", "json"])
+        .expect("a read through a follower while its leader is dead is answered by the next leader");
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got[0]["value"], "hello");
     let s = poll("a new leader", || {
         let s = status_json(&config, nodes[survivor].api)?;
         let l = s["leader"].as_str().unwrap_or("");

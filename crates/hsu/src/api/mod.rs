@@ -45,6 +45,11 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
                     },
                     _ = accept_node.stopped() => return,
                 };
+                // gRPC writes a reply as several small TLS records: with Nagle's algorithm on, the
+                // later ones wait for the client's delayed ACK (40 ms) before they leave.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, "api socket: TCP_NODELAY not set: {e}");
+                }
                 let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
