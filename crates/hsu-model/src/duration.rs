@@ -9,6 +9,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("expected a duration such as 500ms, 30s, 10m, 24h or 7d, found an empty string".into());
     }
+    if s.starts_with('-') {
+        return Err(format!("duration {text:?} is negative; expected zero or more, such as 500ms"));
+    }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
@@ -39,6 +42,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, in its largest exact unit: `500ms`,
+/// `30s`, `10m`, `2h`, `1h30m` becomes `90m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +78,13 @@ mod tests {
     }
 
     #[test]
+    fn formats_what_it_parses() {
+        for text in ["500ms", "30s", "10m", "2h", "7d", "1500ms", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
     fn refuses_with_a_reason() {
         let cases = [
             ("", "found an empty string"),
@@ -67,6 +92,7 @@ mod tests {
             ("5y", "unknown unit \"y\""),
             ("s", "expected a number at \"s\""),
             ("99999999999999999999s", "too large"),
+            ("-5s", "is negative"),
         ];
         for (text, want) in cases {
             let err = parse_duration(text).unwrap_err();

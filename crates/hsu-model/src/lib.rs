@@ -1,10 +1,11 @@
-//! Domain types of HSU that every other crate shares: identifiers and the versioned, checksummed
-//! binary record encoding used for everything HSU stores or sends. This crate does no I/O and
+//! Domain types of HSU that every other crate shares: identifiers, the versioned, checksummed
+//! binary record encoding used for everything HSU stores or sends, and the unit spec (YAML). This crate does no I/O and
 //! nothing async, so that its rules can be tested on plain values.
 
 pub mod codec;
 pub mod duration;
 pub mod id;
+pub mod unit;
 
 pub use codec::{decode_record, encode_record, CodecError};
 pub use id::NodeId;

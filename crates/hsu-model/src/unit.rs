@@ -1,0 +1,532 @@
+//! The unit spec: what the agent runs on a machine, as users write it in YAML.
+//!
+//! Every field is checked while it is parsed, so that an error carries the line and column of
+//! the value at fault and says what was expected and what was found; unknown fields are errors,
+//! never ignored. A units file is `units: [UnitSpec, ...]`; the same unit shape is the template of
+//! a deployment. Only what the agent really does is accepted: a spec that asks for something the
+//! agent does not implement yet fails to parse instead of being half-honoured.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+
+/// A file of units: `units: [...]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitsFile {
+    pub units: Vec<UnitSpec>,
+}
+
+/// One unit.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitSpec {
+    pub name: UnitName,
+    #[serde(default)]
+    pub kind: UnitKind,
+    /// The program and its arguments; the program is looked up in `PATH` when it has no `/`.
+    pub command: Command,
+    /// Added to the agent's own environment (which also gives the unit `PATH`, `HOME`, ...).
+    #[serde(default)]
+    pub env: BTreeMap<EnvName, String>,
+    /// Working directory (default: the unit's directory under the agent's data directory).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub logs: LogSpec,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub stop: StopSpec,
+    /// Ports the agent allocates (free TCP ports on 127.0.0.1) and passes as `HSU_PORT_<NAME>`.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// How the agent relates to the unit's process. Only `managed` is implemented so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitKind {
+    /// The agent starts, watches, restarts and stops the process.
+    #[default]
+    Managed,
+}
+
+impl<'de> Deserialize<'de> for UnitKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "managed" => Ok(UnitKind::Managed),
+            "unmanaged" | "integrated" => {
+                Err(de::Error::custom(format!("kind {s:?} is not supported by this agent yet; expected \"managed\"")))
+            }
+            other => Err(de::Error::custom(format!("unknown kind {other:?}; expected \"managed\""))),
+        }
+    }
+}
+
+/// A unit name: 1-63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit (a
+/// DNS label, as Kubernetes names are), so it is safe in paths, cgroup names and env names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UnitName(String);
+
+impl UnitName {
+    pub fn new(s: &str) -> Result<UnitName, String> {
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if s.is_empty() || s.len() > 63 {
+            return Err(format!("unit name must be 1-63 characters, found {} in {s:?}", s.len()));
+        }
+        if !s.chars().all(ok_char) || s.starts_with('-') || s.ends_with('-') {
+            return Err(format!(
+                "unit name {s:?} must be lowercase letters, digits and '-', not starting or ending with '-'"
+            ));
+        }
+        Ok(UnitName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        UnitName::new(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// A non-empty argv.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Command(Vec<String>);
+
+impl Command {
+    pub fn new(argv: Vec<String>) -> Result<Command, String> {
+        match argv.first() {
+            None => Err("command is empty; expected at least the program, e.g. [\"python3\", \"app.py\"]".into()),
+            Some(p) if p.is_empty() => Err("command's program (its first element) is an empty string".into()),
+            _ if argv.iter().any(|a| a.contains('\0')) => Err("command contains a NUL character".into()),
+            _ => Ok(Command(argv)),
+        }
+    }
+
+    pub fn program(&self) -> &str {
+        &self.0[0]
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.0[1..]
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Command::new(Vec::<String>::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`. Names starting with `HSU_` are the
+/// agent's own and cannot be set by a spec.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EnvName(String);
+
+impl EnvName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut chars = s.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(de::Error::custom(format!(
+                "environment variable name {s:?} is invalid; expected letters, digits and '_', not starting with a digit"
+            )));
+        }
+        if s.starts_with("HSU_") {
+            return Err(de::Error::custom(format!(
+                "environment variable {s:?}: names starting with HSU_ are set by the agent"
+            )));
+        }
+        Ok(EnvName(s))
+    }
+}
+
+/// A duration written as `500ms`, `30s`, `1h30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 30s or 1h30m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                Err(E::custom(format!("expected a duration with a unit such as 500ms or 30s, found the number {v}")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
+                Err(E::custom(format!("expected a duration with a unit such as 500ms or 30s, found the number {v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                Err(E::custom(format!("expected a duration with a unit such as 500ms or 30s, found the number {v}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::duration::format_duration(self.0))
+    }
+}
+
+/// A size in bytes: a number, or a number with `K`, `M`, `G` (powers of 1024; `KiB`, `MiB`,
+/// `GiB` and `KB`, `MB`, `GB` are read the same way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let s = text.trim();
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("expected a size such as 10MiB, 512K or 1048576, found {text:?}"));
+        }
+        let n: u64 = s[..digits].parse().map_err(|_| format!("size {text:?} is too large"))?;
+        let mult: u64 = match s[digits..].trim() {
+            "" | "B" => 1,
+            "K" | "KB" | "KiB" | "k" => 1 << 10,
+            "M" | "MB" | "MiB" => 1 << 20,
+            "G" | "GB" | "GiB" => 1 << 30,
+            other => return Err(format!("unknown unit {other:?} in size {text:?}; expected K, M or G")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 10MiB, 512K or 1048576")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("expected a size of zero or more bytes, found {v}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// Where stdout and stderr go: `<unit dir>/stdout.log` and `stderr.log`, rotated when a file
+/// passes `max_size` (to `.1`, `.2`, ... keeping `max_files` old files).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, try_from = "RawLogSpec")]
+pub struct LogSpec {
+    pub max_size: ByteSize,
+    pub max_files: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogSpec {
+    #[serde(default = "default_log_size")]
+    max_size: ByteSize,
+    #[serde(default = "default_log_files")]
+    max_files: u32,
+}
+
+fn default_log_size() -> ByteSize {
+    ByteSize(10 << 20)
+}
+
+fn default_log_files() -> u32 {
+    5
+}
+
+impl TryFrom<RawLogSpec> for LogSpec {
+    type Error = String;
+    fn try_from(r: RawLogSpec) -> Result<Self, String> {
+        if r.max_size.0 < 1024 {
+            return Err(format!("logs.max_size must be at least 1024 bytes, found {}", r.max_size.0));
+        }
+        Ok(LogSpec { max_size: r.max_size, max_files: r.max_files })
+    }
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec { max_size: default_log_size(), max_files: default_log_files() }
+    }
+}
+
+/// When a unit whose process exited is started again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum RestartPolicy {
+    /// After every exit (as Kubernetes' `Always`, pm2's default).
+    #[default]
+    #[serde(rename = "always")]
+    Always,
+    /// After an exit with a non-zero code or by a signal (systemd's `on-failure`).
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    #[serde(rename = "never")]
+    Never,
+}
+
+/// Restarts: the policy, an exponential backoff between attempts (reset once the process has
+/// run for `backoff.reset_after`), and a flap limit: more than `flap.max_restarts` restarts within
+/// `flap.window` and the agent gives up on the unit (systemd's StartLimitBurst/IntervalSec).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub flap: FlapLimit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "RawBackoff")]
+pub struct Backoff {
+    pub initial: Dur,
+    pub max: Dur,
+    pub reset_after: Dur,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<Dur>,
+    max: Option<Dur>,
+    reset_after: Option<Dur>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Dur(Duration::from_millis(100)),
+            max: Dur(Duration::from_secs(30)),
+            reset_after: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl TryFrom<RawBackoff> for Backoff {
+    type Error = String;
+    fn try_from(r: RawBackoff) -> Result<Self, String> {
+        let d = Backoff::default();
+        let b = Backoff {
+            initial: r.initial.unwrap_or(d.initial),
+            max: r.max.unwrap_or(d.max),
+            reset_after: r.reset_after.unwrap_or(d.reset_after),
+        };
+        if b.max < b.initial {
+            return Err(format!(
+                "restart.backoff.max ({}) is shorter than restart.backoff.initial ({})",
+                crate::duration::format_duration(b.max.0),
+                crate::duration::format_duration(b.initial.0)
+            ));
+        }
+        Ok(b)
+    }
+}
+
+impl Backoff {
+    /// The wait before restart number `attempt` (1 = the first restart after a stable run):
+    /// `initial * 2^(attempt-1)`, at most `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial.0.saturating_mul(factor).min(self.max.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlapLimit {
+    #[serde(default = "default_flap_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_flap_window")]
+    pub window: Dur,
+}
+
+fn default_flap_restarts() -> u32 {
+    10
+}
+
+fn default_flap_window() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+impl Default for FlapLimit {
+    fn default() -> Self {
+        FlapLimit { max_restarts: default_flap_restarts(), window: default_flap_window() }
+    }
+}
+
+/// How the unit is stopped: `signal` to its whole process group, then SIGKILL to the group
+/// after `grace`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopSpec {
+    #[serde(default)]
+    pub signal: StopSignal,
+    #[serde(default = "default_grace")]
+    pub grace: Dur,
+}
+
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec { signal: StopSignal::default(), grace: default_grace() }
+    }
+}
+
+/// The signals a unit may ask to be stopped with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum StopSignal {
+    #[default]
+    Term,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+    Kill,
+}
+
+impl StopSignal {
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+            StopSignal::Kill => "SIGKILL",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StopSignal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bare = s.strip_prefix("SIG").unwrap_or(&s);
+        Ok(match bare {
+            "TERM" => StopSignal::Term,
+            "INT" => StopSignal::Int,
+            "HUP" => StopSignal::Hup,
+            "QUIT" => StopSignal::Quit,
+            "USR1" => StopSignal::Usr1,
+            "USR2" => StopSignal::Usr2,
+            "KILL" => StopSignal::Kill,
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "unknown stop signal {s:?}; expected one of TERM, INT, HUP, QUIT, USR1, USR2, KILL"
+                )))
+            }
+        })
+    }
+}
+
+/// A port the agent allocates for the unit, passed as `HSU_PORT_<NAME>` (upper-cased, `-` as `_`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub name: UnitName,
+}
+
+impl PortSpec {
+    pub fn env_name(&self) -> String {
+        format!("HSU_PORT_{}", self.name.as_str().to_ascii_uppercase().replace('-', "_"))
+    }
+}
+
+/// Why a units file was refused. The message has the line and column (and a snippet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// Parses a units file. Nothing is returned unless every unit is valid; names must be unique.
+pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Names {
+        units: Vec<NameOnly>,
+    }
+    #[derive(Deserialize)]
+    struct NameOnly {
+        name: serde_saphyr::Spanned<String>,
+    }
+    let file: UnitsFile = serde_saphyr::from_str(yaml).map_err(|e| SpecError(e.to_string()))?;
+    // A second, lenient pass for where each name is, to point at a duplicate.
+    let names: Names = serde_saphyr::from_str(yaml).map_err(|e| SpecError(e.to_string()))?;
+    let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+    for n in &names.units {
+        let line = n.name.referenced.line() as u64;
+        if let Some(first) = seen.insert(&n.name.value, line) {
+            return Err(SpecError(format!(
+                "line {line}: unit name {:?} is already used on line {first}; names must be unique",
+                n.name.value
+            )));
+        }
+    }
+    for u in &file.units {
+        let mut port_names = BTreeMap::new();
+        for p in &u.ports {
+            if port_names.insert(p.env_name(), ()).is_some() {
+                return Err(SpecError(format!("unit {}: port {:?} is listed twice", u.name, p.name.as_str())));
+            }
+        }
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+use super::*;
+
+const GOOD: &str = r#"
+units:
+  - name: web
+    kind: managed
+    command: ["python3", "-m", "http.server", "8080"]
+    env: {GREETING: hi}
+    restart: {policy: always, backoff: {initial: 100ms, max: 30s}}
+    stop: {signal: INT, grace: 3s}
+    logs: {max_size: 1MiB, max_files: 3}
+    ports: [{name: http}]
+  - name: worker
+    command: [sleep, "100"]
+    restart: {policy: on-failure, flap: {max_restarts: 3, window: 1m}}
+"#;
+
+#[test]
+fn a_full_file_parses_with_defaults_filled_in() {
+    let f = parse_units(GOOD).unwrap();
+    assert_eq!(f.units.len(), 2);
+    let web = &f.units[0];
+    assert_eq!(web.name.as_str(), "web");
+    assert_eq!(web.command.program(), "python3");
+    assert_eq!(web.command.args(), ["-m", "http.server", "8080"]);
+    assert_eq!(web.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), [("GREETING", "hi")]);
+    assert_eq!(web.restart.backoff.initial, Dur(Duration::from_millis(100)));
+    assert_eq!(web.restart.backoff.reset_after, Backoff::default().reset_after);
+    assert_eq!(web.stop.signal, StopSignal::Int);
+    assert_eq!(web.stop.grace, Dur(Duration::from_secs(3)));
+    assert_eq!(web.logs, LogSpec { max_size: ByteSize(1 << 20), max_files: 3 });
+    assert_eq!(web.ports[0].env_name(), "HSU_PORT_HTTP");
+    let worker = &f.units[1];
+    assert_eq!(worker.kind, UnitKind::Managed);
+    assert_eq!(worker.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(worker.restart.flap, FlapLimit { max_restarts: 3, window: Dur(Duration::from_secs(60)) });
+    assert_eq!(worker.stop, StopSpec::default());
+    assert_eq!(worker.logs, LogSpec::default());
+}
+
+/// Each bad file is refused with a message that has the line and says what is wrong.
+#[test]
+fn bad_specs_name_the_line_and_the_problem() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "unknown field",
+            "units:\n  - name: a\n    command: [x]\n    comand: [y]\n",
+            &["line 4", "unknown field `comand`"],
+        ),
+        ("wrong type", "units:\n  - name: a\n    command: [x]\n    logs: {max_files: many}\n", &["line 4", "u32"]),
+        (
+            "negative duration",
+            "units:\n  - name: a\n    command: [x]\n    stop: {grace: -5s}\n",
+            &["line 4", "\"-5s\" is negative"],
+        ),
+        ("missing command", "units:\n  - name: a\n    env: {A: b}\n", &["line 3", "missing field `command`"]),
+        ("empty command", "units:\n  - name: a\n    command: []\n", &["line 3", "command is empty"]),
+        (
+            "duration without unit",
+            "units:\n  - name: a\n    command: [x]\n    stop: {grace: 5}\n",
+            &["line 4", "found the number 5"],
+        ),
+        (
+            "bad policy",
+            "units:\n  - name: a\n    command: [x]\n    restart: {policy: sometimes}\n",
+            &["line 4", "sometimes", "on-failure"],
+        ),
+        ("bad name", "units:\n  - name: Web_1\n    command: [x]\n", &["line 2", "lowercase letters"]),
+        (
+            "duplicate name",
+            "units:\n  - name: a\n    command: [x]\n  - name: a\n    command: [y]\n",
+            &["line 4", "already used on line 2"],
+        ),
+        ("reserved env", "units:\n  - name: a\n    command: [x]\n    env: {HSU_PORT_X: \"1\"}\n", &["line 4", "HSU_"]),
+        (
+            "backoff max below initial",
+            "units:\n  - name: a\n    command: [x]\n    restart: {backoff: {initial: 10s, max: 1s}}\n",
+            &["line 4", "shorter than restart.backoff.initial"],
+        ),
+        (
+            "bad signal",
+            "units:\n  - name: a\n    command: [x]\n    stop: {signal: STOP}\n",
+            &["line 4", "unknown stop signal"],
+        ),
+        (
+            "unsupported kind",
+            "units:\n  - name: a\n    kind: unmanaged\n    command: [x]\n",
+            &["line 3", "not supported"],
+        ),
+        (
+            "tiny log size",
+            "units:\n  - name: a\n    command: [x]\n    logs: {max_size: 10}\n",
+            &["line 4", "at least 1024"],
+        ),
+    ];
+    for (what, yaml, wants) in cases {
+        let err = parse_units(yaml).expect_err(what).to_string();
+        for want in *wants {
+            assert!(err.contains(want), "{what}: {want:?} not in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn backoff_doubles_up_to_its_maximum() {
+    let b = Backoff {
+        initial: Dur(Duration::from_millis(100)),
+        max: Dur(Duration::from_secs(1)),
+        reset_after: Dur(Duration::from_secs(10)),
+    };
+    let delays: Vec<u128> = (1..=6).map(|a| b.delay(a).as_millis()).collect();
+    assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+    assert_eq!(b.delay(200), Duration::from_secs(1), "no overflow on long runs of failures");
+}
+
+#[test]
+fn sizes_parse_with_binary_units() {
+    assert_eq!(ByteSize::parse("512K"), Ok(ByteSize(512 << 10)));
+    assert_eq!(ByteSize::parse("10MiB"), Ok(ByteSize(10 << 20)));
+    assert_eq!(ByteSize::parse("2G"), Ok(ByteSize(2 << 30)));
+    assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+    assert!(ByteSize::parse("10 parsecs").unwrap_err().contains("unknown unit"));
+    assert!(ByteSize::parse("lots").unwrap_err().contains("expected a size"));
+}
