@@ -428,7 +428,7 @@ impl Default for StopSpec {
 }
 
 /// The signals a unit may ask to be stopped with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StopSignal {
     #[default]
     Term,
@@ -451,6 +451,12 @@ impl StopSignal {
             StopSignal::Usr2 => "SIGUSR2",
             StopSignal::Kill => "SIGKILL",
         }
+    }
+}
+
+impl Serialize for StopSignal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -509,7 +515,7 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
     let names: Names = serde_saphyr::from_str(yaml).map_err(|e| SpecError(e.to_string()))?;
     let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
     for n in &names.units {
-        let line = n.name.referenced.line() as u64;
+        let line = n.name.referenced.line();
         if let Some(first) = seen.insert(&n.name.value, line) {
             return Err(SpecError(format!(
                 "line {line}: unit name {:?} is already used on line {first}; names must be unique",

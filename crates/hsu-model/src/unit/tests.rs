@@ -122,3 +122,13 @@ fn sizes_parse_with_binary_units() {
     assert!(ByteSize::parse("10 parsecs").unwrap_err().contains("unknown unit"));
     assert!(ByteSize::parse("lots").unwrap_err().contains("expected a size"));
 }
+
+#[test]
+fn a_spec_survives_a_round_trip_through_json() {
+    // The agent keeps the spec of what it runs in a JSON record and compares it after a restart.
+    for u in parse_units(GOOD).unwrap().units {
+        let json = serde_json::to_string(&u).unwrap();
+        let back: UnitSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, u, "{json}");
+    }
+}

@@ -1,0 +1,400 @@
+//! One actor per unit: it starts the process (or adopts one an earlier agent started), waits for
+//! it to exit, restarts it as its policy says, rotates its logs, and stops it — the configured
+//! signal to the whole group, SIGKILL after the grace period — when asked. Its status is a
+//! `watch` snapshot others read without asking the actor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use hsu_model::unit::UnitSpec;
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn, Instrument};
+
+use crate::logs;
+use crate::process::{self, ProcId};
+use crate::record::{self, Record};
+use crate::restart::{after_exit, AfterExit, Exit, History};
+
+/// How long a group may take to die after SIGKILL before the agent reports it as stuck.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a running unit's logs are checked for rotation and its RSS is read.
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Running,
+    /// Waiting to restart after an exit.
+    Backoff,
+    /// Exited and stays down (its restart policy says so).
+    Exited,
+    /// The agent gave up on it (flap limit); `message` says why.
+    Failed,
+    Stopping,
+    Stopped,
+}
+
+/// A unit as the agent observes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    /// True when the running process was started by an earlier agent and adopted.
+    pub adopted: bool,
+    pub rss_bytes: Option<u64>,
+    /// Why it is failed, or when it restarts next, in words.
+    pub message: Option<String>,
+    /// When the current process started (Unix time, ms).
+    pub started_at_ms: Option<u64>,
+}
+
+enum Msg {
+    /// Stop the process (signal, grace, SIGKILL) and end.
+    Stop(oneshot::Sender<()>),
+    /// End without touching the process (the agent exits and leaves its units running).
+    Detach(oneshot::Sender<()>),
+}
+
+/// The handle the agent keeps per unit.
+pub struct UnitHandle {
+    pub spec: UnitSpec,
+    tx: mpsc::Sender<Msg>,
+    status: watch::Receiver<UnitStatus>,
+    task: JoinHandle<()>,
+}
+
+impl UnitHandle {
+    pub fn status(&self) -> UnitStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<UnitStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the unit and waits until its whole process group is gone.
+    pub async fn stop(self) {
+        self.send(Msg::Stop).await;
+    }
+
+    /// Leaves the process running and ends the actor.
+    pub async fn detach(self) {
+        self.send(Msg::Detach).await;
+    }
+
+    async fn send(self, msg: fn(oneshot::Sender<()>) -> Msg) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(msg(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the actor for `spec`. `adopt` is the process (and group leader) an earlier agent
+/// started for this very spec and that still runs; `ports` and `restarts` carry over from its record.
+pub fn spawn(
+    data_dir: &Path,
+    spec: UnitSpec,
+    adopt: Option<ProcId>,
+    ports: BTreeMap<String, u16>,
+    restarts: u32,
+) -> UnitHandle {
+    let name = spec.name.as_str().to_string();
+    let (status_tx, status) = watch::channel(UnitStatus {
+        name: name.clone(),
+        state: if adopt.is_some() { State::Running } else { State::Starting },
+        pid: adopt.map(|p| p.pid),
+        restarts,
+        last_exit: None,
+        adopted: adopt.is_some(),
+        rss_bytes: None,
+        message: None,
+        started_at_ms: None,
+    });
+    let (tx, rx) = mpsc::channel(4);
+    let actor = Actor {
+        data_dir: data_dir.to_path_buf(),
+        dir: record::unit_dir(data_dir, &name),
+        spec: spec.clone(),
+        ports,
+        restarts,
+        history: History::default(),
+        status: status_tx,
+        rx,
+    };
+    let task = tokio::spawn(actor.run(adopt).instrument(tracing::info_span!("unit", name = %name)));
+    UnitHandle { spec, tx, status, task }
+}
+
+struct Actor {
+    data_dir: PathBuf,
+    dir: PathBuf,
+    spec: UnitSpec,
+    ports: BTreeMap<String, u16>,
+    restarts: u32,
+    history: History,
+    status: watch::Sender<UnitStatus>,
+    rx: mpsc::Receiver<Msg>,
+}
+
+/// The process the actor watches.
+enum Running {
+    Child { child: tokio::process::Child, id: ProcId },
+    Adopted { id: ProcId },
+}
+
+impl Running {
+    fn id(&self) -> ProcId {
+        match self {
+            Running::Child { id, .. } | Running::Adopted { id } => *id,
+        }
+    }
+
+    /// Resolves when the main process has exited (and, for a child, has been reaped).
+    async fn wait(&mut self) -> Exit {
+        match self {
+            Running::Child { child, .. } => match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (status.code(), status.signal()) {
+                        (Some(c), _) => Exit::Code(c),
+                        (None, Some(s)) => Exit::Signal(s),
+                        (None, None) => Exit::Unknown,
+                    }
+                }
+                Err(_) => Exit::Unknown,
+            },
+            Running::Adopted { id } => {
+                while id.alive() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Exit::Unknown
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Actor {
+    fn set(&self, f: impl FnOnce(&mut UnitStatus)) {
+        self.status.send_modify(f);
+    }
+
+    fn save(&self, proc_id: Option<ProcId>) {
+        let r = Record {
+            spec: self.spec.clone(),
+            proc: proc_id,
+            pgid: proc_id.map(|p| p.pid),
+            ports: self.ports.clone(),
+            restarts: self.restarts,
+        };
+        if let Err(e) = record::write(&self.data_dir, &r) {
+            warn!("cannot write the unit record: {e}");
+        }
+    }
+
+    async fn run(mut self, adopt: Option<ProcId>) {
+        let mut running = adopt.map(|id| {
+            info!(pid = id.pid, "adopted the running process");
+            Running::Adopted { id }
+        });
+        loop {
+            let started = Instant::now();
+            let proc = match running.take() {
+                Some(r) => r,
+                None => match self.start() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Cannot even start (missing program, bad cwd): counts as a failed run.
+                        warn!("cannot start: {e}");
+                        self.set(|s| s.message = Some(format!("cannot start: {e}")));
+                        match self.after(Exit::Code(127), Duration::ZERO).await {
+                            Some(()) => continue,
+                            None => return,
+                        }
+                    }
+                },
+            };
+            let mut proc = proc;
+            let id = proc.id();
+            let mut tick = tokio::time::interval(TICK);
+            let exit = loop {
+                tokio::select! {
+                    exit = proc.wait() => break exit,
+                    msg = self.rx.recv() => {
+                        match msg {
+                            Some(Msg::Stop(reply)) => {
+                                self.stop(&mut proc).await;
+                                let _ = reply.send(());
+                            }
+                            Some(Msg::Detach(reply)) => {
+                                // The process runs on; if it is our child, its status is the reaper's.
+                                process::disown(id.pid);
+                                let _ = reply.send(());
+                            }
+                            None => {}
+                        }
+                        return;
+                    }
+                    _ = tick.tick() => self.tick(id),
+                }
+            };
+            process::disown(id.pid);
+            // What the main process leaves behind in its group goes with it (systemd's
+            // KillMode=control-group): a restart must not find the old generation still running.
+            let leftovers = process::group_members(id.pid);
+            if !leftovers.is_empty() {
+                warn!(?leftovers, "main process exited; killing what is left of its group");
+                let _ = process::signal_group(id.pid, Signal::KILL);
+                process::wait_group_empty(id.pid, KILL_WAIT).await;
+            }
+            info!(pid = id.pid, %exit, "process exited");
+            self.save(None);
+            match self.after(exit, started.elapsed()).await {
+                Some(()) => continue,
+                None => return,
+            }
+        }
+    }
+
+    /// Rotates logs and reads RSS.
+    fn tick(&self, id: ProcId) {
+        for stream in ["stdout.log", "stderr.log"] {
+            let path = self.dir.join(stream);
+            if let Err(e) = logs::rotate_if_needed(&path, self.spec.logs.max_size.0, self.spec.logs.max_files) {
+                warn!("rotating {}: {e}", path.display());
+            }
+        }
+        let rss = process::stat(id.pid).map(|s| s.rss_pages * process::page_size());
+        self.set(|s| s.rss_bytes = rss);
+    }
+
+    /// After an exit: `Some(())` to start again, `None` when the actor is done (asked to stop
+    /// or detach while the unit was down).
+    async fn after(&mut self, exit: Exit, ran_for: Duration) -> Option<()> {
+        let decision = after_exit(&self.spec.restart, &mut self.history, exit, ran_for, Instant::now());
+        let (state, message, wait) = match &decision {
+            AfterExit::RestartAfter(d) => (State::Backoff, None, Some(*d)),
+            AfterExit::StayDown => (State::Exited, None, None),
+            AfterExit::GiveUp(why) => (State::Failed, Some(why.clone()), None),
+        };
+        self.set(|s| {
+            s.state = state;
+            s.pid = None;
+            s.rss_bytes = None;
+            s.last_exit = Some(exit);
+            if message.is_some() {
+                s.message = message;
+            }
+        });
+        let sleep = async {
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {
+                self.restarts += 1;
+                let restarts = self.restarts;
+                self.set(|s| s.restarts = restarts);
+                Some(())
+            }
+            msg = self.rx.recv() => {
+                if let Some(Msg::Stop(reply) | Msg::Detach(reply)) = msg {
+                    self.set(|s| s.state = State::Stopped);
+                    let _ = reply.send(());
+                }
+                None
+            }
+        }
+    }
+
+    fn start(&mut self) -> std::io::Result<Running> {
+        std::fs::create_dir_all(&self.dir)?;
+        for p in &self.spec.ports {
+            if !self.ports.contains_key(p.name.as_str()) {
+                let port = std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+                self.ports.insert(p.name.as_str().to_string(), port);
+            }
+        }
+        let mut env: BTreeMap<String, String> =
+            self.spec.env.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
+        env.insert("HSU_UNIT".into(), self.spec.name.as_str().to_string());
+        for p in &self.spec.ports {
+            env.insert(p.env_name(), self.ports[p.name.as_str()].to_string());
+        }
+        let cwd = self.spec.cwd.clone().unwrap_or_else(|| self.dir.clone());
+        let stdout = process::open_log(&self.dir.join("stdout.log"))?;
+        let stderr = process::open_log(&self.dir.join("stderr.log"))?;
+        let mut cmd =
+            process::command(self.spec.command.program(), self.spec.command.args(), &env, &cwd, stdout, stderr);
+        let child = process::spawn_owned(&mut cmd)?;
+        let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
+        // The start time identifies the process across agent restarts; if it already exited the
+        // record gets a start time of 0, which matches no live process.
+        let id = ProcId::of(pid).unwrap_or(ProcId { pid, start_ticks: 0 });
+        self.save(Some(id));
+        info!(pid, "started");
+        self.set(|s| {
+            s.state = State::Running;
+            s.pid = Some(pid);
+            s.adopted = false;
+            s.started_at_ms = Some(unix_ms());
+            s.message = None;
+        });
+        Ok(Running::Child { child, id })
+    }
+
+    /// The configured signal to the whole group, then SIGKILL after the grace period; returns
+    /// once the main process is reaped and the group is empty.
+    async fn stop(&mut self, proc: &mut Running) {
+        let id = proc.id();
+        self.set(|s| s.state = State::Stopping);
+        let signal = self.spec.stop.signal;
+        let grace = self.spec.stop.grace.0;
+        info!(pid = id.pid, signal = signal.name(), ?grace, "stopping");
+        if let Err(e) = process::signal_group(id.pid, process::signal_of(signal)) {
+            warn!("sending {} to group {}: {e}", signal.name(), id.pid);
+        }
+        let deadline = Instant::now() + grace;
+        let exited = tokio::time::timeout(grace, proc.wait()).await.ok();
+        let rest = deadline.saturating_duration_since(Instant::now());
+        let group_gone = process::wait_group_empty(id.pid, rest).await;
+        let exit = if exited.is_some() && group_gone {
+            exited
+        } else {
+            warn!(pid = id.pid, "still running after the grace period; sending SIGKILL to the group");
+            let _ = process::signal_group(id.pid, Signal::KILL);
+            let e = match exited {
+                Some(e) => Some(e),
+                None => tokio::time::timeout(KILL_WAIT, proc.wait()).await.ok(),
+            };
+            if !process::wait_group_empty(id.pid, KILL_WAIT).await {
+                warn!(pid = id.pid, "group still has processes {KILL_WAIT:?} after SIGKILL");
+            }
+            e
+        };
+        process::disown(id.pid);
+        self.save(None);
+        self.set(|s| {
+            s.state = State::Stopped;
+            s.pid = None;
+            s.rss_bytes = None;
+            s.last_exit = exit;
+        });
+    }
+}

@@ -1,0 +1,44 @@
+//! A second agent on the same data directory adopts what the first one left running: the same
+//! pids, nothing started twice; a unit whose spec changed meanwhile is replaced.
+
+use hsu_agent::process::{group_members_with_zombies, ProcId};
+use hsu_agent::{Agent, OnExit, State};
+
+use crate::{units, wait_for};
+
+#[tokio::test]
+async fn a_new_agent_adopts_running_units_and_replaces_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let v1 = "units:\n  - {name: a, command: [sleep, '1000']}\n  - {name: b, command: [sleep, '1000']}\n  - {name: c, command: [sleep, '1000']}\n";
+    let mut first = Agent::open(&data).unwrap();
+    first.apply(units(v1)).await;
+    let mut pids = Vec::new();
+    for n in ["a", "b", "c"] {
+        pids.push(wait_for(&first, n, "running", |s| s.state == State::Running).await.pid.unwrap());
+    }
+    first.shutdown(OnExit::Keep).await;
+    for p in &pids {
+        assert!(ProcId::of(*p).is_some_and(|id| id.alive()), "pid {p} kept running");
+    }
+
+    let mut second = Agent::open(&data).unwrap();
+    let v2 = v1.replace("{name: c, command: [sleep, '1000']}", "{name: c, command: [sleep, '2000']}");
+    let report = second.apply(units(&v2)).await;
+    assert_eq!(report.adopted, ["a", "b"]);
+    assert_eq!(report.stopped, ["c"], "c's old process is stopped: its spec changed");
+    assert_eq!(report.started, ["c"]);
+    for (n, p) in ["a", "b"].iter().zip(&pids) {
+        let s = second.status().into_iter().find(|s| s.name == *n).unwrap();
+        assert_eq!((s.pid, s.adopted, s.state), (Some(*p), true, State::Running), "{n}");
+    }
+    assert_eq!(group_members_with_zombies(pids[2]), [], "the old c is gone");
+    let c = wait_for(&second, "c", "running", |s| s.state == State::Running).await;
+    assert_ne!(c.pid, Some(pids[2]));
+
+    // Adopted processes are not the agent's children, and it still stops them.
+    second.shutdown(OnExit::Stop).await;
+    for p in &pids[..2] {
+        assert_eq!(group_members_with_zombies(*p), [], "group {p} is gone");
+    }
+}
