@@ -13,6 +13,7 @@ pub mod logs;
 pub mod process;
 pub mod record;
 pub mod restart;
+pub mod standalone;
 pub mod supervisor;
 
 pub use agent::{Action, Agent, ApplyReport, OnExit};

@@ -1,5 +1,6 @@
-//! `hsu`: starts nodes (`hsu node init|join|run`) and talks to a cluster's gRPC API. Thin: the
-//! work is done by the `hsu` crate; this file parses arguments and prints answers. Errors go to
+//! `hsu`: starts nodes (`hsu node init|join|run`) or a standalone agent (`hsu agent run`) and
+//! talks to a cluster's gRPC API. Thin: the work is done by the `hsu` and `hsu-agent` crates;
+//! this file parses arguments and prints answers. Errors go to
 //! stderr with exit code 1 (2 for bad usage).
 
 mod output;
@@ -41,6 +42,9 @@ enum Command {
     /// Join tokens and API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The node agent on its own: supervise the units of a YAML file on this machine.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Leader, term, commit index and members.
     Status,
     /// Read and write the cluster's key-value store.
@@ -85,6 +89,40 @@ struct Place {
     /// Node name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Supervise the units of FILE (or of every *.yaml/*.yml in a directory) in the foreground.
+    /// SIGHUP re-reads the file and applies the difference; SIGTERM/SIGINT stop the units and exit.
+    Run {
+        /// A units file, or a directory of them.
+        #[arg(long)]
+        units: PathBuf,
+        /// Where the agent keeps its records and the units' logs.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// What happens to running units when the agent exits: `stop` them (default) or `keep`
+        /// them running for the next agent to adopt.
+        #[arg(long, value_enum, default_value = "stop")]
+        on_exit: OnExitArg,
+    },
+    /// The units of the agent running with this data directory.
+    Status {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Re-read the units file and apply the difference (as SIGHUP does); prints what changed.
+    Reload {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnExitArg {
+    Keep,
+    Stop,
 }
 
 #[derive(Subcommand)]
@@ -232,7 +270,8 @@ fn main() {
         cli.command,
         Command::Node(NodeCommand::Init { .. } | NodeCommand::Join { .. } | NodeCommand::Run { .. })
     );
-    let default_filter = if node_cmd { "info,openraft=warn,quinn=warn,sled=warn" } else { "warn" };
+    let agent_run = matches!(cli.command, Command::Agent(AgentCommand::Run { .. }));
+    let default_filter = if node_cmd || agent_run { "info,openraft=warn,quinn=warn,sled=warn" } else { "warn" };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -310,7 +349,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("running node {} (id {})", node.name(), node.id());
             foreground(node).await
         }
+        Command::Agent(cmd) => agent_command(cmd, cli.output).await,
         command => client_command(&cli.config, cli.endpoint.as_deref(), cli.output, command).await,
+    }
+}
+
+async fn agent_command(cmd: AgentCommand, output: Format) -> anyhow::Result<()> {
+    use hsu_agent::standalone::{self, Reply, Request};
+    let ask = |data_dir: PathBuf, req: Request| async move {
+        match standalone::request(&data_dir, &req).await.map_err(|e| anyhow!(e))? {
+            Reply::Error(e) => Err(anyhow!(e)),
+            reply => Ok(reply),
+        }
+    };
+    match cmd {
+        AgentCommand::Run { units, data_dir, on_exit } => {
+            let on_exit = match on_exit {
+                OnExitArg::Keep => hsu_agent::OnExit::Keep,
+                OnExitArg::Stop => hsu_agent::OnExit::Stop,
+            };
+            let opts = standalone::Options { units, data_dir, on_exit };
+            standalone::run(opts, |r| eprintln!("agent: {}", describe_apply(r))).await.map_err(|e| anyhow!(e))
+        }
+        AgentCommand::Status { data_dir } => {
+            let Reply::Status(units) = ask(data_dir, Request::Status).await? else { bail!("unexpected answer") };
+            print(output, &units, |units| {
+                let rows = units
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            serde_json::to_value(u.state)
+                                .ok()
+                                .and_then(|v| v.as_str().map(String::from))
+                                .unwrap_or_default(),
+                            u.pid.map_or("-".into(), |p| p.to_string()),
+                            u.restarts.to_string(),
+                            u.last_exit.map_or("-".into(), |e| e.to_string()),
+                            u.rss_bytes.map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0)),
+                            u.message.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "RSS", "MESSAGE"], rows)
+            })
+        }
+        AgentCommand::Reload { data_dir } => {
+            let Reply::Reloaded(report) = ask(data_dir, Request::Reload).await? else { bail!("unexpected answer") };
+            print(output, &report, |r| format!("{}\n", describe_apply(r)))
+        }
+    }
+}
+
+fn describe_apply(r: &hsu_agent::ApplyReport) -> String {
+    let part = |what: &str, v: &[String]| (!v.is_empty()).then(|| format!("{what} {}", v.join(", ")));
+    let parts: Vec<String> = [
+        part("started", &r.started),
+        part("adopted", &r.adopted),
+        part("replaced", &r.replaced),
+        part("stopped", &r.stopped),
+        part("unchanged", &r.unchanged),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "no units".into()
+    } else {
+        parts.join("; ")
     }
 }
 
@@ -627,6 +733,6 @@ async fn client_command(
             }
             Ok(())
         }
-        Command::Node(_) => unreachable!("node commands that start a node are handled before"),
+        Command::Node(_) | Command::Agent(_) => unreachable!("node and agent commands are handled before"),
     }
 }

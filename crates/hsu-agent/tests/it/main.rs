@@ -5,6 +5,7 @@ mod t10_restarts;
 mod t20_stop;
 mod t30_logs;
 mod t40_adopt;
+mod t50_units_files;
 
 use std::path::Path;
 use std::time::Duration;
