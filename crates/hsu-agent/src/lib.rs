@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod logs;
+pub mod probe;
 pub mod process;
 pub mod record;
 pub mod restart;

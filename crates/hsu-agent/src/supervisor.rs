@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use crate::logs;
+use crate::probe;
 use crate::process::{self, ProcId};
 use crate::record::{self, Record};
 use crate::restart::{after_exit, AfterExit, Exit, History};
@@ -50,6 +51,11 @@ pub struct UnitStatus {
     pub last_exit: Option<Exit>,
     /// True when the running process was started by an earlier agent and adopted.
     pub adopted: bool,
+    /// Running and passing its startup and readiness probes (just running, without probes).
+    pub ready: bool,
+    /// The last failure of a probe: why it is not ready, or why it was last restarted. Cleared
+    /// when the readiness probe passes.
+    pub probe_failure: Option<String>,
     pub rss_bytes: Option<u64>,
     /// Why it is failed, or when it restarts next, in words.
     pub message: Option<String>,
@@ -117,6 +123,8 @@ pub fn spawn(
         restarts,
         last_exit: None,
         adopted: adopt.is_some(),
+        ready: false,
+        probe_failure: None,
         rss_bytes: None,
         message: None,
         started_at_ms: None,
@@ -231,16 +239,38 @@ impl Actor {
             let mut proc = proc;
             let id = proc.id();
             let mut tick = tokio::time::interval(TICK);
+            let (probe_tx, mut probes) = mpsc::channel(8);
+            let prober = tokio::spawn(probe::run(self.spec.clone(), self.target(), probe_tx));
+            let no_probes = self.spec.startup.is_none() && self.spec.readiness.is_none();
+            self.set(|s| s.ready = no_probes);
             let exit = loop {
                 tokio::select! {
                     exit = proc.wait() => break exit,
+                    Some(event) = probes.recv() => match event {
+                        probe::Event::StartupPassed => {
+                            let ready = self.spec.readiness.is_none();
+                            self.set(|s| s.ready = ready);
+                        }
+                        probe::Event::Ready(ready, why) => self.set(|s| {
+                            s.ready = ready;
+                            s.probe_failure = why;
+                        }),
+                        probe::Event::StartupFailed(why) | probe::Event::LivenessFailed(why) => {
+                            // Restarted as after a crash: the policy and the backoff decide.
+                            warn!("{why}; stopping the unit");
+                            self.set(|s| s.probe_failure = Some(why.clone()));
+                            break self.stop(&mut proc).await.unwrap_or(Exit::Unknown);
+                        }
+                    },
                     msg = self.rx.recv() => {
                         match msg {
                             Some(Msg::Stop(reply)) => {
+                                prober.abort();
                                 self.stop(&mut proc).await;
                                 let _ = reply.send(());
                             }
                             Some(Msg::Detach(reply)) => {
+                                prober.abort();
                                 // The process runs on; if it is our child, its status is the reaper's.
                                 process::disown(id.pid);
                                 let _ = reply.send(());
@@ -252,6 +282,8 @@ impl Actor {
                     _ = tick.tick() => self.tick(id),
                 }
             };
+            prober.abort();
+            self.set(|s| s.ready = false);
             process::disown(id.pid);
             // What the main process leaves behind in its group goes with it (systemd's
             // KillMode=control-group): a restart must not find the old generation still running.
@@ -323,6 +355,21 @@ impl Actor {
         }
     }
 
+    /// The unit's environment (its own plus `HSU_UNIT` and `HSU_PORT_*`), working directory and
+    /// ports: what its process gets and where its probes look.
+    fn target(&self) -> probe::Target {
+        let mut env: BTreeMap<String, String> =
+            self.spec.env.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
+        env.insert("HSU_UNIT".into(), self.spec.name.as_str().to_string());
+        for p in &self.spec.ports {
+            if let Some(port) = self.ports.get(p.name.as_str()) {
+                env.insert(p.env_name(), port.to_string());
+            }
+        }
+        let cwd = self.spec.cwd.clone().unwrap_or_else(|| self.dir.clone());
+        probe::Target { ports: self.ports.clone(), env, cwd }
+    }
+
     fn start(&mut self) -> std::io::Result<Running> {
         std::fs::create_dir_all(&self.dir)?;
         for p in &self.spec.ports {
@@ -331,13 +378,7 @@ impl Actor {
                 self.ports.insert(p.name.as_str().to_string(), port);
             }
         }
-        let mut env: BTreeMap<String, String> =
-            self.spec.env.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
-        env.insert("HSU_UNIT".into(), self.spec.name.as_str().to_string());
-        for p in &self.spec.ports {
-            env.insert(p.env_name(), self.ports[p.name.as_str()].to_string());
-        }
-        let cwd = self.spec.cwd.clone().unwrap_or_else(|| self.dir.clone());
+        let probe::Target { env, cwd, .. } = self.target();
         let stdout = process::open_log(&self.dir.join("stdout.log"))?;
         let stderr = process::open_log(&self.dir.join("stderr.log"))?;
         let mut cmd =
@@ -361,7 +402,7 @@ impl Actor {
 
     /// The configured signal to the whole group, then SIGKILL after the grace period; returns
     /// once the main process is reaped and the group is empty.
-    async fn stop(&mut self, proc: &mut Running) {
+    async fn stop(&mut self, proc: &mut Running) -> Option<Exit> {
         let id = proc.id();
         self.set(|s| s.state = State::Stopping);
         let signal = self.spec.stop.signal;
@@ -394,7 +435,9 @@ impl Actor {
             s.state = State::Stopped;
             s.pid = None;
             s.rss_bytes = None;
+            s.ready = false;
             s.last_exit = exit;
         });
+        exit
     }
 }

@@ -6,6 +6,7 @@ mod t20_stop;
 mod t30_logs;
 mod t40_adopt;
 mod t50_units_files;
+mod t60_probes;
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +40,22 @@ pub async fn poll<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
         }
         assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills, on drop, every process group the agent of `data` recorded: a test that fails midway must
+/// not leave its units running.
+pub struct Cleanup(pub std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(records) = hsu_agent::record::read_all(&self.0) {
+            for r in records.values() {
+                if let Some(pgid) = r.pgid {
+                    let _ = hsu_agent::process::signal_group(pgid, rustix::process::Signal::KILL);
+                }
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::{lines, units, wait_for};
 async fn a_crashing_unit_backs_off_more_each_time_and_stops_at_the_flap_limit() {
     let dir = tempfile::tempdir().unwrap();
     let starts = dir.path().join("starts");
+    let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     let yaml = format!(
         "units:\n  - name: crasher\n    command: [sh, -c, 'date +%s%N >> {}; exit 3']\n    restart: {{policy: always, backoff: {{initial: 100ms, max: 400ms}}, flap: {{max_restarts: 4, window: 1m}}}}\n",
@@ -36,6 +37,7 @@ async fn a_crashing_unit_backs_off_more_each_time_and_stops_at_the_flap_limit() 
 async fn on_failure_leaves_a_clean_exit_down_and_never_never_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let (clean, never) = (dir.path().join("clean"), dir.path().join("never"));
+    let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     let yaml = format!(
         "units:\n  - name: clean\n    command: [sh, -c, 'echo run >> {}; exit 0']\n    restart: {{policy: on-failure, backoff: {{initial: 10ms}}}}\n  - name: never\n    command: [sh, -c, 'echo run >> {}; exit 1']\n    restart: {{policy: never}}\n  - name: retried\n    command: [sh, -c, 'exit 2']\n    restart: {{policy: on-failure, backoff: {{initial: 10ms, max: 10ms}}, flap: {{max_restarts: 2}}}}\n",

@@ -13,6 +13,7 @@ use crate::{lines, poll, units, wait_for};
 async fn the_stop_signal_reaches_every_process_of_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let got = dir.path().join("got");
+    let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     // A parent and a child, each noting the signal it received before exiting. (USR1: a shell
     // starts background jobs with SIGINT ignored, so SIGINT would not reach them.)
@@ -39,6 +40,7 @@ async fn the_stop_signal_reaches_every_process_of_the_group() {
 #[tokio::test]
 async fn a_group_that_ignores_the_signal_is_killed_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     // An ignored signal stays ignored across fork and exec: the whole group ignores SIGTERM.
     let yaml = "units:\n  - name: stubborn\n    command: [sh, -c, 'trap \"\" TERM; sleep 1000 & sleep 1000 & wait']\n    stop: {grace: 700ms}\n";
@@ -61,6 +63,7 @@ async fn a_group_that_ignores_the_signal_is_killed_after_the_grace_period() {
 #[tokio::test]
 async fn what_a_crashed_main_process_leaves_in_its_group_is_killed_before_the_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     let yaml = "units:\n  - name: leaky\n    command: [sh, -c, 'sleep 1000 & sleep 0.2; exit 1']\n    restart: {policy: on-failure, backoff: {initial: 5s}}\n";
     agent.apply(units(yaml)).await;

@@ -10,6 +10,7 @@ use crate::{poll, units};
 async fn output_reaches_its_files_and_rotates_at_the_configured_size() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let _cleanup = crate::Cleanup(data.clone());
     let mut agent = Agent::open(&data).unwrap();
     // ~6 KB of numbered lines on stdout, one line on stderr, then it idles.
     let yaml = "units:\n  - name: chatty\n    command: [sh, -c, 'echo oops >&2; i=0; while [ $i -lt 120 ]; do echo \"line $i ............................................\"; i=$((i+1)); sleep 0.01; done; sleep 1000']\n    logs: {max_size: 1024, max_files: 2}\n";

@@ -11,6 +11,7 @@ async fn a_new_agent_adopts_running_units_and_replaces_changed_ones() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let v1 = "units:\n  - {name: a, command: [sleep, '1000']}\n  - {name: b, command: [sleep, '1000']}\n  - {name: c, command: [sleep, '1000']}\n";
+    let _cleanup = crate::Cleanup(data.clone());
     let mut first = Agent::open(&data).unwrap();
     first.apply(units(v1)).await;
     let mut pids = Vec::new();

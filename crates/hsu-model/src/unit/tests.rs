@@ -10,9 +10,12 @@ units:
     stop: {signal: INT, grace: 3s}
     logs: {max_size: 1MiB, max_files: 3}
     ports: [{name: http}]
+    readiness: {http: {port: http, path: /}, period: 1s}
   - name: worker
     command: [sleep, "100"]
     restart: {policy: on-failure, flap: {max_restarts: 3, window: 1m}}
+    liveness: {exec: {command: ["true"]}, period: 500ms, failure_threshold: 2}
+    startup: {tcp: {port: 9000}, period: 100ms}
 "#;
 
 #[test]
@@ -36,6 +39,12 @@ fn a_full_file_parses_with_defaults_filled_in() {
     assert_eq!(worker.restart.flap, FlapLimit { max_restarts: 3, window: Dur(Duration::from_secs(60)) });
     assert_eq!(worker.stop, StopSpec::default());
     assert_eq!(worker.logs, LogSpec::default());
+    let r = web.readiness.as_ref().unwrap();
+    assert_eq!(r.check, Check::Http { port: PortRef::Named(UnitName::new("http").unwrap()), path: "/".into() });
+    assert_eq!((r.period, r.failure_threshold, r.success_threshold), (Dur(Duration::from_secs(1)), 3, 1));
+    let l = worker.liveness.as_ref().unwrap();
+    assert_eq!(l.failure_threshold, 2);
+    assert_eq!(worker.startup.as_ref().unwrap().check, Check::Tcp { port: PortRef::Number(9000) });
 }
 
 /// Each bad file is refused with a message that has the line and says what is wrong.
