@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
+use crate::limits;
 use crate::logs;
 use crate::probe;
 use crate::process::{self, ProcId};
@@ -56,6 +57,10 @@ pub struct UnitStatus {
     /// The last failure of a probe: why it is not ready, or why it was last restarted. Cleared
     /// when the readiness probe passes.
     pub probe_failure: Option<String>,
+    /// How the unit's limits are enforced ("cgroup v1: memory 67108864"), or why they are not.
+    pub limits: Option<String>,
+    /// The last exit was the kernel's OOM killer acting on the unit's memory limit.
+    pub oom_killed: bool,
     pub rss_bytes: Option<u64>,
     /// Why it is failed, or when it restarts next, in words.
     pub message: Option<String>,
@@ -125,6 +130,8 @@ pub fn spawn(
         adopted: adopt.is_some(),
         ready: false,
         probe_failure: None,
+        limits: None,
+        oom_killed: false,
         rss_bytes: None,
         message: None,
         started_at_ms: None,
@@ -139,6 +146,8 @@ pub fn spawn(
         history: History::default(),
         status: status_tx,
         rx,
+        cgroup: None,
+        oom_before: 0,
     };
     let task = tokio::spawn(actor.run(adopt).instrument(tracing::info_span!("unit", name = %name)));
     UnitHandle { spec, tx, status, task }
@@ -153,6 +162,9 @@ struct Actor {
     history: History,
     status: watch::Sender<UnitStatus>,
     rx: mpsc::Receiver<Msg>,
+    cgroup: Option<limits::UnitCgroup>,
+    /// OOM kills the cgroup had counted when the current process started.
+    oom_before: u64,
 }
 
 /// The process the actor watches.
@@ -215,6 +227,9 @@ impl Actor {
     }
 
     async fn run(mut self, adopt: Option<ProcId>) {
+        if adopt.is_some() {
+            self.setup_cgroup();
+        }
         let mut running = adopt.map(|id| {
             info!(pid = id.pid, "adopted the running process");
             Running::Adopted { id }
@@ -293,6 +308,13 @@ impl Actor {
                 let _ = process::signal_group(id.pid, Signal::KILL);
                 process::wait_group_empty(id.pid, KILL_WAIT).await;
             }
+            let oom = self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > self.oom_before);
+            if oom {
+                let limit = self.spec.limits.memory.map_or(0, |m| m.0);
+                warn!(pid = id.pid, limit, "OOM-killed: the unit went past its memory limit");
+                self.set(|s| s.message = Some(format!("OOM-killed: past its memory limit of {limit} bytes")));
+            }
+            self.set(|s| s.oom_killed = oom);
             info!(pid = id.pid, %exit, "process exited");
             self.save(None);
             match self.after(exit, started.elapsed()).await {
@@ -347,10 +369,31 @@ impl Actor {
             }
             msg = self.rx.recv() => {
                 if let Some(Msg::Stop(reply) | Msg::Detach(reply)) = msg {
+                    // Nothing runs: the unit's cgroup is empty and can go.
+                    if let Some(cg) = self.cgroup.take() {
+                        cg.remove();
+                    }
                     self.set(|s| s.state = State::Stopped);
                     let _ = reply.send(());
                 }
                 None
+            }
+        }
+    }
+
+    /// Creates the unit's cgroup if its limits need one; a machine that cannot enforce them
+    /// gets the unit started anyway, with its status saying that its limits are not enforced.
+    fn setup_cgroup(&mut self) {
+        match limits::UnitCgroup::create(&limits::detect(), self.spec.name.as_str(), &self.spec.limits) {
+            Ok(cg) => {
+                let note = cg.as_ref().map(|c| c.describe.clone());
+                self.cgroup = cg;
+                self.set(|s| s.limits = note);
+            }
+            Err(note) => {
+                warn!("{note}");
+                self.cgroup = None;
+                self.set(|s| s.limits = Some(note));
             }
         }
     }
@@ -383,6 +426,9 @@ impl Actor {
         let stderr = process::open_log(&self.dir.join("stderr.log"))?;
         let mut cmd =
             process::command(self.spec.command.program(), self.spec.command.args(), &env, &cwd, stdout, stderr);
+        self.setup_cgroup();
+        self.oom_before = self.cgroup.as_ref().map_or(0, limits::UnitCgroup::oom_kills);
+        limits::apply_in_child(&mut cmd, &self.spec.limits, self.cgroup.as_ref());
         let child = process::spawn_owned(&mut cmd)?;
         let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
         // The start time identifies the process across agent restarts; if it already exited the
@@ -430,6 +476,9 @@ impl Actor {
             e
         };
         process::disown(id.pid);
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
+        }
         self.save(None);
         self.set(|s| {
             s.state = State::Stopped;

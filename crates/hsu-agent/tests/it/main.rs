@@ -7,6 +7,7 @@ mod t30_logs;
 mod t40_adopt;
 mod t50_units_files;
 mod t60_probes;
+mod t70_limits;
 
 use std::path::Path;
 use std::time::Duration;

@@ -16,6 +16,7 @@ units:
     restart: {policy: on-failure, flap: {max_restarts: 3, window: 1m}}
     liveness: {exec: {command: ["true"]}, period: 500ms, failure_threshold: 2}
     startup: {tcp: {port: 9000}, period: 100ms}
+    limits: {memory: 64MiB, cpu: 0.5, pids: 100, open_files: 1024, core: 0}
 "#;
 
 #[test]
@@ -45,6 +46,12 @@ fn a_full_file_parses_with_defaults_filled_in() {
     let l = worker.liveness.as_ref().unwrap();
     assert_eq!(l.failure_threshold, 2);
     assert_eq!(worker.startup.as_ref().unwrap().check, Check::Tcp { port: PortRef::Number(9000) });
+    let l = &worker.limits;
+    assert_eq!(
+        (l.memory, l.cpu, l.pids, l.open_files, l.core),
+        (Some(ByteSize(64 << 20)), Some(MilliCpu(500)), Some(100), Some(1024), Some(ByteSize(0)))
+    );
+    assert_eq!(web.limits, Limits::default());
 }
 
 /// Each bad file is refused with a message that has the line and says what is wrong.
