@@ -9,6 +9,7 @@
 //! units instead of starting them twice.
 
 pub mod agent;
+pub mod attach;
 pub mod limits;
 pub mod logs;
 pub mod probe;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
+use crate::attach;
 use crate::limits;
 use crate::logs;
 use crate::probe;
@@ -226,7 +227,143 @@ impl Actor {
         }
     }
 
+    /// An unmanaged unit: find the process, watch it, start it with `start_command` when it is
+    /// missing (as the restart policy and backoff allow), and stop it only as permitted.
+    async fn run_unmanaged(mut self) {
+        let Some(attach) = self.spec.attach.clone() else { return };
+        let mut found: Option<ProcId> = None;
+        let mut next_start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if found.is_some_and(|p| !p.alive()) {
+                        info!("the attached process ended");
+                        found = None;
+                    }
+                    if found.is_none() {
+                        found = attach::find(&attach);
+                        if let Some(p) = found {
+                            info!(pid = p.pid, "attached");
+                        }
+                    }
+                    match found {
+                        Some(p) => {
+                            let rss = process::stat(p.pid).map(|s| s.rss_pages * process::page_size());
+                            self.set(|s| {
+                                s.state = State::Running;
+                                s.pid = Some(p.pid);
+                                s.adopted = true;
+                                s.ready = true;
+                                s.rss_bytes = rss;
+                                s.message = None;
+                            });
+                        }
+                        None => {
+                            let missing = format!("not found: {}", attach::describe(&attach));
+                            self.set(|s| {
+                                if s.state == State::Running {
+                                    s.last_exit = Some(Exit::Unknown);
+                                }
+                                s.state = State::Exited;
+                                s.pid = None;
+                                s.ready = false;
+                                s.rss_bytes = None;
+                                if s.message.as_deref().is_none_or(|m| !m.starts_with("flap limit")) {
+                                    s.message = Some(missing);
+                                }
+                            });
+                            if self.spec.start_command.is_some() && Instant::now() >= next_start {
+                                match after_exit(&self.spec.restart, &mut self.history, Exit::Unknown, Duration::ZERO, Instant::now()) {
+                                    AfterExit::RestartAfter(d) => {
+                                        self.run_aside(self.spec.start_command.clone(), "start_command");
+                                        self.restarts += 1;
+                                        let n = self.restarts;
+                                        self.set(|s| s.restarts = n);
+                                        next_start = Instant::now() + d.max(Duration::from_secs(1));
+                                    }
+                                    AfterExit::StayDown => next_start = Instant::now() + Duration::from_secs(86_400 * 365),
+                                    AfterExit::GiveUp(why) => {
+                                        self.set(|s| { s.state = State::Failed; s.message = Some(why); });
+                                        next_start = Instant::now() + Duration::from_secs(86_400 * 365);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                msg = self.rx.recv() => {
+                    if let Some(Msg::Stop(reply)) = msg {
+                        self.stop_unmanaged(found).await;
+                        let _ = reply.send(());
+                    } else if let Some(Msg::Detach(reply)) = msg {
+                        let _ = reply.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs a start or stop command of an unmanaged unit in its own group, output to the unit's
+    /// logs; not waited for (the reaper collects it).
+    fn run_aside(&self, argv: Option<hsu_model::unit::Command>, what: &str) -> Option<tokio::process::Child> {
+        let argv = argv?;
+        let probe::Target { env, cwd, .. } = self.target();
+        let open = || -> std::io::Result<_> {
+            std::fs::create_dir_all(&self.dir)?;
+            Ok((process::open_log(&self.dir.join("stdout.log"))?, process::open_log(&self.dir.join("stderr.log"))?))
+        };
+        match open().and_then(|(o, e)| process::command(argv.program(), argv.args(), &env, &cwd, o, e).spawn()) {
+            Ok(child) => {
+                info!(pid = child.id(), "ran {what}");
+                Some(child)
+            }
+            Err(e) => {
+                warn!("{what}: {e}");
+                self.set(|s| s.message = Some(format!("{what}: {e}")));
+                None
+            }
+        }
+    }
+
+    /// Stops an unmanaged unit: its `stop_command`, else signals if `signal_allowed`, else
+    /// nothing — the agent never signals what it was not told it may control.
+    async fn stop_unmanaged(&mut self, found: Option<ProcId>) {
+        let grace = self.spec.stop.grace.0;
+        if self.spec.stop_command.is_some() {
+            if let Some(mut child) = self.run_aside(self.spec.stop_command.clone(), "stop_command") {
+                let _ = tokio::time::timeout(grace, child.wait()).await;
+            }
+        } else if let (true, Some(p)) = (self.spec.signal_allowed, found) {
+            let signal = self.spec.stop.signal;
+            info!(pid = p.pid, signal = signal.name(), "stopping the attached process (signal_allowed)");
+            let pid = rustix::process::Pid::from_raw(p.pid as i32);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, process::signal_of(signal));
+            }
+            let deadline = Instant::now() + grace;
+            while p.alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if p.alive() {
+                if let Some(pid) = pid {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+            }
+        } else if let Some(p) = found {
+            info!(pid = p.pid, "left running: signal_allowed is false and there is no stop_command");
+        }
+        self.set(|s| {
+            s.state = State::Stopped;
+            s.ready = false;
+        });
+    }
+
     async fn run(mut self, adopt: Option<ProcId>) {
+        if self.spec.kind == hsu_model::unit::UnitKind::Unmanaged {
+            return self.run_unmanaged().await;
+        }
         if adopt.is_some() {
             self.setup_cgroup();
         }
@@ -424,8 +561,9 @@ impl Actor {
         let probe::Target { env, cwd, .. } = self.target();
         let stdout = process::open_log(&self.dir.join("stdout.log"))?;
         let stderr = process::open_log(&self.dir.join("stderr.log"))?;
-        let mut cmd =
-            process::command(self.spec.command.program(), self.spec.command.args(), &env, &cwd, stdout, stderr);
+        let argv =
+            self.spec.command.as_ref().ok_or_else(|| std::io::Error::other("a managed unit without a command"))?;
+        let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, stdout, stderr);
         self.setup_cgroup();
         self.oom_before = self.cgroup.as_ref().map_or(0, limits::UnitCgroup::oom_kills);
         limits::apply_in_child(&mut cmd, &self.spec.limits, self.cgroup.as_ref());

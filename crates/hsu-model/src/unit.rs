@@ -31,7 +31,22 @@ pub struct UnitSpec {
     #[serde(default)]
     pub kind: UnitKind,
     /// The program and its arguments; the program is looked up in `PATH` when it has no `/`.
-    pub command: Command,
+    /// Required for managed units; an unmanaged unit has `attach` instead.
+    #[serde(default)]
+    pub command: Option<Command>,
+    /// Unmanaged: how to find the process the agent watches.
+    #[serde(default)]
+    pub attach: Option<Attach>,
+    /// Unmanaged: the agent may send signals to the process (to stop it). Off by default: the
+    /// agent never signals a process it was not told it may control.
+    #[serde(default)]
+    pub signal_allowed: bool,
+    /// Unmanaged: run when the process is not found (as the restart policy allows).
+    #[serde(default)]
+    pub start_command: Option<Command>,
+    /// Unmanaged: run to stop it (when the unit is removed or the agent stops its units).
+    #[serde(default)]
+    pub stop_command: Option<Command>,
     /// Added to the agent's own environment (which also gives the unit `PATH`, `HOME`, ...).
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
@@ -322,13 +337,16 @@ impl Probe {
     }
 }
 
-/// How the agent relates to the unit's process. Only `managed` is implemented so far.
+/// How the agent relates to the unit's process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     /// The agent starts, watches, restarts and stops the process.
     #[default]
     Managed,
+    /// Started by someone else: the agent finds it (`attach`), reports its liveness and resource
+    /// use, and controls it only as far as the spec allows.
+    Unmanaged,
 }
 
 impl<'de> Deserialize<'de> for UnitKind {
@@ -336,12 +354,25 @@ impl<'de> Deserialize<'de> for UnitKind {
         let s = String::deserialize(d)?;
         match s.as_str() {
             "managed" => Ok(UnitKind::Managed),
-            "unmanaged" | "integrated" => {
-                Err(de::Error::custom(format!("kind {s:?} is not supported by this agent yet; expected \"managed\"")))
-            }
-            other => Err(de::Error::custom(format!("unknown kind {other:?}; expected \"managed\""))),
+            "unmanaged" => Ok(UnitKind::Unmanaged),
+            "integrated" => Err(de::Error::custom(
+                "kind \"integrated\" is not supported by this agent yet; expected \"managed\" or \"unmanaged\"",
+            )),
+            other => Err(de::Error::custom(format!("unknown kind {other:?}; expected \"managed\" or \"unmanaged\""))),
         }
     }
+}
+
+/// How an unmanaged unit's process is found: exactly one of these.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Attach {
+    /// A file holding the pid.
+    PidFile(PathBuf),
+    /// A substring of the command line (arguments joined by spaces); the oldest match wins.
+    Process(String),
+    /// The process listening on this TCP port.
+    Port(u16),
 }
 
 /// A unit name: 1-63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit (a
@@ -796,7 +827,42 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
             )));
         }
     }
-    for u in &file.units {
+    // Units come back in file order from both passes, so they pair up by position.
+    for (u, n) in file.units.iter().zip(&names.units) {
+        let line = n.name.referenced.line();
+        let name = u.name.as_str();
+        match u.kind {
+            UnitKind::Managed => {
+                if u.command.is_none() {
+                    return Err(SpecError(format!(
+                        "line {line}: unit {name:?}: missing field `command` (a managed unit runs a command)"
+                    )));
+                }
+                let unmanaged_only = [
+                    ("attach", u.attach.is_some()),
+                    ("signal_allowed", u.signal_allowed),
+                    ("start_command", u.start_command.is_some()),
+                    ("stop_command", u.stop_command.is_some()),
+                ];
+                if let Some((field, _)) = unmanaged_only.iter().find(|(_, set)| *set) {
+                    return Err(SpecError(format!(
+                        "line {line}: unit {name:?}: `{field}` is for unmanaged units; this one is managed"
+                    )));
+                }
+            }
+            UnitKind::Unmanaged => {
+                if u.attach.is_none() {
+                    return Err(SpecError(format!(
+                        "line {line}: unit {name:?}: missing field `attach` (pid_file, process or port): how to find the process"
+                    )));
+                }
+                if u.command.is_some() {
+                    return Err(SpecError(format!(
+                        "line {line}: unit {name:?}: an unmanaged unit has no `command`; `start_command` starts it"
+                    )));
+                }
+            }
+        }
         let mut port_names = BTreeMap::new();
         for p in &u.ports {
             if port_names.insert(p.env_name(), ()).is_some() {

@@ -8,6 +8,7 @@ mod t40_adopt;
 mod t50_units_files;
 mod t60_probes;
 mod t70_limits;
+mod t80_unmanaged;
 
 use std::path::Path;
 use std::time::Duration;

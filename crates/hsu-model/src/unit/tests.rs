@@ -25,8 +25,9 @@ fn a_full_file_parses_with_defaults_filled_in() {
     assert_eq!(f.units.len(), 2);
     let web = &f.units[0];
     assert_eq!(web.name.as_str(), "web");
-    assert_eq!(web.command.program(), "python3");
-    assert_eq!(web.command.args(), ["-m", "http.server", "8080"]);
+    let command = web.command.as_ref().unwrap();
+    assert_eq!(command.program(), "python3");
+    assert_eq!(command.args(), ["-m", "http.server", "8080"]);
     assert_eq!(web.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), [("GREETING", "hi")]);
     assert_eq!(web.restart.backoff.initial, Dur(Duration::from_millis(100)));
     assert_eq!(web.restart.backoff.reset_after, Backoff::default().reset_after);
@@ -69,7 +70,22 @@ fn bad_specs_name_the_line_and_the_problem() {
             "units:\n  - name: a\n    command: [x]\n    stop: {grace: -5s}\n",
             &["line 4", "\"-5s\" is negative"],
         ),
-        ("missing command", "units:\n  - name: a\n    env: {A: b}\n", &["line 3", "missing field `command`"]),
+        ("missing command", "units:\n  - name: a\n    env: {A: b}\n", &["line 2", "missing field `command`"]),
+        (
+            "unmanaged without attach",
+            "units:\n  - name: a\n    command: [x]\n  - name: b\n    kind: unmanaged\n",
+            &["line 4", "missing field `attach`"],
+        ),
+        (
+            "two ways to attach",
+            "units:\n  - name: b\n    kind: unmanaged\n    attach: {port: 80, pid_file: /x}\n",
+            &["line 4"],
+        ),
+        (
+            "unmanaged field on a managed unit",
+            "units:\n  - name: a\n    command: [x]\n    signal_allowed: true\n",
+            &["line 2", "`signal_allowed` is for unmanaged units"],
+        ),
         ("empty command", "units:\n  - name: a\n    command: []\n", &["line 3", "command is empty"]),
         (
             "duration without unit",
@@ -100,7 +116,7 @@ fn bad_specs_name_the_line_and_the_problem() {
         ),
         (
             "unsupported kind",
-            "units:\n  - name: a\n    kind: unmanaged\n    command: [x]\n",
+            "units:\n  - name: a\n    kind: integrated\n    command: [x]\n",
             &["line 3", "not supported"],
         ),
         (
