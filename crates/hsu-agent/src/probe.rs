@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hsu_model::unit::{Check, PortRef, Probe, UnitSpec};
+use hsu_model::unit::{Check, PortRef, Probe, UnitKind, UnitSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -80,12 +80,56 @@ impl Target {
     }
 }
 
+/// What a probe checks: a check of the spec, or an integrated unit's `hsu.core.v1.Core/Health`.
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Spec(&'a Check),
+    CoreHealth(u16),
+}
+
 /// Runs one check once, within the probe's timeout.
 pub async fn check(probe: &Probe, target: &Target) -> Result<(), String> {
+    check_what(probe, What::Spec(&probe.check), target).await
+}
+
+async fn check_what(probe: &Probe, what: What<'_>, target: &Target) -> Result<(), String> {
     let t = probe.timeout.0;
-    match tokio::time::timeout(t, attempt(&probe.check, target)).await {
+    let fut = async {
+        match what {
+            What::Spec(c) => attempt(c, target).await,
+            What::CoreHealth(port) => core_health(port).await,
+        }
+    };
+    match tokio::time::timeout(t, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {}", hsu_model::duration::format_duration(t))),
+    }
+}
+
+/// A client of an integrated unit's `hsu.core.v1.Core` on 127.0.0.1:`port`.
+pub async fn core_client(
+    port: u16,
+) -> Result<hsu_proto::core::v1::core_client::CoreClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|e| format!("core 127.0.0.1:{port}: {e}"))?;
+    Ok(hsu_proto::core::v1::core_client::CoreClient::new(channel))
+}
+
+async fn core_health(port: u16) -> Result<(), String> {
+    use hsu_proto::core::v1::{HealthRequest, HealthStatus};
+    let r = core_client(port)
+        .await?
+        .health(HealthRequest {})
+        .await
+        .map_err(|s| format!("core health on 127.0.0.1:{port}: {}", s.message()))?
+        .into_inner();
+    match HealthStatus::try_from(r.status) {
+        Ok(HealthStatus::Serving) => Ok(()),
+        _ => Err(format!("core health on 127.0.0.1:{port}: not serving: {}", r.message)),
     }
 }
 
@@ -171,6 +215,16 @@ async fn run_one(
     probe: &Probe,
     target: &Target,
     stop_at: Option<bool>,
+    on_result: impl FnMut(bool, bool, Option<String>) -> bool,
+) {
+    run_what(probe, What::Spec(&probe.check), target, stop_at, on_result).await
+}
+
+async fn run_what(
+    probe: &Probe,
+    what: What<'_>,
+    target: &Target,
+    stop_at: Option<bool>,
     mut on_result: impl FnMut(bool, bool, Option<String>) -> bool,
 ) {
     tokio::time::sleep(probe.initial_delay.0).await;
@@ -179,7 +233,7 @@ async fn run_one(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let result = check(probe, target).await;
+        let result = check_what(probe, what, target).await;
         let failure = result.as_ref().err().cloned();
         let changed = counter.record(result.is_ok(), probe).is_some();
         let Some(verdict) = counter.passing else { continue };
@@ -224,25 +278,45 @@ pub async fn run(spec: UnitSpec, target: Target, tx: mpsc::Sender<Event>) {
         }
     };
     let readiness = async {
-        if let Some(p) = &spec.readiness {
-            // Every verdict change, and while not ready every new reason, reaches the status.
-            let mut last: Option<String> = None;
-            run_one(p, &target, None, |ok, changed, why| {
-                if changed || (!ok && why.is_some() && why != last) {
-                    last = why.clone();
-                    let _ = tx.try_send(Event::Ready(ok, why));
-                }
-                !tx.is_closed()
-            })
-            .await;
-        } else {
-            std::future::pending::<()>().await;
-        }
+        // An integrated unit without a readiness probe is ready when its Core says it serves.
+        let core = target.ports.get(CORE_PORT).copied().filter(|_| spec.kind == UnitKind::Integrated);
+        let (probe, what) = match (&spec.readiness, core) {
+            (Some(p), _) => (p.clone(), None),
+            (None, Some(port)) => (core_readiness(), Some(port)),
+            (None, None) => std::future::pending().await,
+        };
+        // Every verdict change, and while not ready every new reason, reaches the status.
+        let mut last: Option<String> = None;
+        let what = what.map_or(What::Spec(&probe.check), What::CoreHealth);
+        run_what(&probe, what, &target, None, |ok, changed, why| {
+            if changed || (!ok && why.is_some() && why != last) {
+                last = why.clone();
+                let _ = tx.try_send(Event::Ready(ok, why));
+            }
+            !tx.is_closed()
+        })
+        .await;
     };
     // Liveness ends the task when it fails; readiness runs as long as the process does.
     tokio::select! {
         () = liveness => {}
         () = readiness => {}
+    }
+}
+
+/// The key of an integrated unit's Core port among its allocated ports.
+pub const CORE_PORT: &str = "hsu-core";
+
+/// The implicit readiness probe of an integrated unit: Core/Health every 500 ms.
+fn core_readiness() -> Probe {
+    use hsu_model::unit::Dur;
+    Probe {
+        check: Check::Tcp { port: PortRef::Number(1) },
+        period: Dur(std::time::Duration::from_millis(500)),
+        timeout: Dur(std::time::Duration::from_secs(1)),
+        initial_delay: Dur(std::time::Duration::ZERO),
+        failure_threshold: 1,
+        success_threshold: 1,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use hsu_model::unit::UnitSpec;
+use hsu_model::unit::{UnitKind, UnitSpec};
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -62,6 +62,8 @@ pub struct UnitStatus {
     pub limits: Option<String>,
     /// The last exit was the kernel's OOM killer acting on the unit's memory limit.
     pub oom_killed: bool,
+    /// An integrated unit's `hsu.core.v1.Core` address (`HSU_CORE_ADDR`).
+    pub core_addr: Option<String>,
     pub rss_bytes: Option<u64>,
     /// Why it is failed, or when it restarts next, in words.
     pub message: Option<String>,
@@ -133,6 +135,7 @@ pub fn spawn(
         probe_failure: None,
         limits: None,
         oom_killed: false,
+        core_addr: None,
         rss_bytes: None,
         message: None,
         started_at_ms: None,
@@ -546,16 +549,22 @@ impl Actor {
                 env.insert(p.env_name(), port.to_string());
             }
         }
+        if let Some(port) = self.ports.get(probe::CORE_PORT).filter(|_| self.spec.kind == UnitKind::Integrated) {
+            env.insert("HSU_CORE_ADDR".into(), format!("127.0.0.1:{port}"));
+        }
         let cwd = self.spec.cwd.clone().unwrap_or_else(|| self.dir.clone());
         probe::Target { ports: self.ports.clone(), env, cwd }
     }
 
     fn start(&mut self) -> std::io::Result<Running> {
         std::fs::create_dir_all(&self.dir)?;
-        for p in &self.spec.ports {
-            if !self.ports.contains_key(p.name.as_str()) {
-                let port = std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
-                self.ports.insert(p.name.as_str().to_string(), port);
+        let mut wanted: Vec<String> = self.spec.ports.iter().map(|p| p.name.as_str().to_string()).collect();
+        if self.spec.kind == UnitKind::Integrated {
+            wanted.push(probe::CORE_PORT.to_string());
+        }
+        for name in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.ports.entry(name) {
+                slot.insert(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port());
             }
         }
         let probe::Target { env, cwd, .. } = self.target();
@@ -574,14 +583,48 @@ impl Actor {
         let id = ProcId::of(pid).unwrap_or(ProcId { pid, start_ticks: 0 });
         self.save(Some(id));
         info!(pid, "started");
+        let core_addr = env.get("HSU_CORE_ADDR").cloned();
         self.set(|s| {
             s.state = State::Running;
             s.pid = Some(pid);
+            s.core_addr = core_addr;
             s.adopted = false;
             s.started_at_ms = Some(unix_ms());
             s.message = None;
         });
         Ok(Running::Child { child, id })
+    }
+
+    /// An integrated unit is asked to shut down through its Core first. Returns its exit if it
+    /// exited, and its group emptied, within the grace period; `None` to go on with signals.
+    async fn shutdown_through_core(&self, proc: &mut Running, grace: Duration) -> Option<Exit> {
+        if self.spec.kind != UnitKind::Integrated {
+            return None;
+        }
+        let port = *self.ports.get(probe::CORE_PORT)?;
+        let id = proc.id();
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(2), probe::core_client(port)).await else {
+            warn!(pid = id.pid, "Core is not reachable; stopping with signals");
+            return None;
+        };
+        // Once the request is sent, even an error may mean the unit is already on its way out
+        // (it can exit before its answer leaves): wait for the exit within the grace either way.
+        let req = hsu_proto::core::v1::ShutdownRequest { grace_ms };
+        match tokio::time::timeout(Duration::from_secs(2), client.shutdown(req)).await {
+            Ok(Ok(_)) => info!(pid = id.pid, grace_ms, "asked to shut down through hsu.core.v1.Core"),
+            Ok(Err(e)) => info!(pid = id.pid, "Core/Shutdown answered {}; waiting for the exit", e.message()),
+            Err(_) => info!(pid = id.pid, "Core/Shutdown did not answer in 2s; waiting for the exit"),
+        }
+        let deadline = Instant::now() + grace;
+        let exit = tokio::time::timeout(grace, proc.wait()).await.ok()?;
+        let rest = deadline.saturating_duration_since(Instant::now());
+        if process::wait_group_empty(id.pid, rest).await {
+            Some(exit)
+        } else {
+            warn!(pid = id.pid, "exited after Shutdown but left processes in its group; stopping them with signals");
+            None
+        }
     }
 
     /// The configured signal to the whole group, then SIGKILL after the grace period; returns
@@ -591,6 +634,21 @@ impl Actor {
         self.set(|s| s.state = State::Stopping);
         let signal = self.spec.stop.signal;
         let grace = self.spec.stop.grace.0;
+        if let Some(exit) = self.shutdown_through_core(proc, grace).await {
+            process::disown(id.pid);
+            if let Some(cg) = self.cgroup.take() {
+                cg.remove();
+            }
+            self.save(None);
+            self.set(|s| {
+                s.state = State::Stopped;
+                s.pid = None;
+                s.rss_bytes = None;
+                s.ready = false;
+                s.last_exit = Some(exit);
+            });
+            return Some(exit);
+        }
         info!(pid = id.pid, signal = signal.name(), ?grace, "stopping");
         if let Err(e) = process::signal_group(id.pid, process::signal_of(signal)) {
             warn!("sending {} to group {}: {e}", signal.name(), id.pid);

@@ -347,6 +347,9 @@ pub enum UnitKind {
     /// Started by someone else: the agent finds it (`attach`), reports its liveness and resource
     /// use, and controls it only as far as the spec allows.
     Unmanaged,
+    /// A managed unit that also serves `hsu.core.v1.Core` on `HSU_CORE_ADDR`: its health is its
+    /// readiness (unless it has a readiness probe) and it is asked to shut down before any signal.
+    Integrated,
 }
 
 impl<'de> Deserialize<'de> for UnitKind {
@@ -355,10 +358,20 @@ impl<'de> Deserialize<'de> for UnitKind {
         match s.as_str() {
             "managed" => Ok(UnitKind::Managed),
             "unmanaged" => Ok(UnitKind::Unmanaged),
-            "integrated" => Err(de::Error::custom(
-                "kind \"integrated\" is not supported by this agent yet; expected \"managed\" or \"unmanaged\"",
-            )),
-            other => Err(de::Error::custom(format!("unknown kind {other:?}; expected \"managed\" or \"unmanaged\""))),
+            "integrated" => Ok(UnitKind::Integrated),
+            other => Err(de::Error::custom(format!(
+                "unknown kind {other:?}; expected \"managed\", \"unmanaged\" or \"integrated\""
+            ))),
+        }
+    }
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Managed => "managed",
+            UnitKind::Unmanaged => "unmanaged",
+            UnitKind::Integrated => "integrated",
         }
     }
 }
@@ -832,10 +845,11 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
         let line = n.name.referenced.line();
         let name = u.name.as_str();
         match u.kind {
-            UnitKind::Managed => {
+            UnitKind::Managed | UnitKind::Integrated => {
                 if u.command.is_none() {
                     return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: missing field `command` (a managed unit runs a command)"
+                        "line {line}: unit {name:?}: missing field `command` (a {} unit runs a command)",
+                        u.kind.as_str()
                     )));
                 }
                 let unmanaged_only = [
@@ -846,7 +860,8 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
                 ];
                 if let Some((field, _)) = unmanaged_only.iter().find(|(_, set)| *set) {
                     return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: `{field}` is for unmanaged units; this one is managed"
+                        "line {line}: unit {name:?}: `{field}` is for unmanaged units; this one is {}",
+                        u.kind.as_str()
                     )));
                 }
             }

@@ -9,5 +9,12 @@ pub mod v1 {
     tonic::include_proto!("hsu.v1");
 }
 
+/// `hsu.core.v1`: what an integrated unit serves to its agent.
+pub mod core {
+    pub mod v1 {
+        tonic::include_proto!("hsu.core.v1");
+    }
+}
+
 /// The encoded file descriptor set of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hsu_descriptor");

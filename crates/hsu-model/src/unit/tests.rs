@@ -115,9 +115,9 @@ fn bad_specs_name_the_line_and_the_problem() {
             &["line 4", "unknown stop signal"],
         ),
         (
-            "unsupported kind",
-            "units:\n  - name: a\n    kind: integrated\n    command: [x]\n",
-            &["line 3", "not supported"],
+            "unknown kind",
+            "units:\n  - name: a\n    kind: container\n    command: [x]\n",
+            &["line 3", "unknown kind \"container\"", "integrated"],
         ),
         (
             "tiny log size",

@@ -67,11 +67,15 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Reflection describes every service served here, health included, in both protocol
-    // versions (v1alpha for older clients such as grpcurl before 1.9).
+    // versions (v1alpha for older clients such as grpcurl before 1.9). The descriptor set also
+    // holds hsu.core.v1 (served by integrated units, not here), so the names are listed.
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(hsu_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("hsu.v1.Cluster")
+            .with_service_name("hsu.v1.KV")
+            .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder().build_v1().map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
     let reflection_v1alpha =
