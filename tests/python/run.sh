@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Python gRPC client test: makes a venv (once), installs tests/python/requirements.txt, and
-# runs api_client_test.py against an hsu binary.
+# The Python tests: makes a venv (once), installs tests/python/requirements.txt, and runs
+# api_client_test.py (the API from a grpcio client) and integrated_unit_test.py (the Python
+# integrated unit under `hsu agent run`) against an hsu binary.
 #
 #   tests/python/run.sh [PATH_TO_HSU]        (default: target/debug/hsu)
 #
@@ -48,4 +49,5 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-exec "$venv/bin/python" tests/python/api_client_test.py --hsu "$hsu"
+"$venv/bin/python" tests/python/api_client_test.py --hsu "$hsu"
+"$venv/bin/python" tests/python/integrated_unit_test.py --hsu "$hsu"
