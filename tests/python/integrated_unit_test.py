@@ -80,7 +80,9 @@ def main():
             assert core.Ping(pb.PingRequest(payload=b"hi"), timeout=5).payload == b"hi"
             info = core.Info(pb.InfoRequest(), timeout=5)
             assert (info.runtime, info.pid) == ("python/grpcio", s["pid"]), info
-        print("ok: Ping and Info answer")
+            health = core.Health(pb.HealthRequest(), timeout=5)
+            assert health.status == pb.HEALTH_STATUS_SERVING, health
+        print("ok: Ping, Info and Health answer")
         passed += 1
 
         started = time.monotonic()

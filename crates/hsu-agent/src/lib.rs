@@ -15,6 +15,7 @@ pub mod logs;
 pub mod probe;
 pub mod process;
 pub mod record;
+pub mod resources;
 pub mod restart;
 pub mod standalone;
 pub mod supervisor;

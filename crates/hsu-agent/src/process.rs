@@ -30,6 +30,8 @@ pub struct Stat {
     pub pgrp: u32,
     pub start_ticks: u64,
     pub rss_pages: u64,
+    /// User + system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 /// Reads `/proc/PID/stat`; `None` when there is no such process.
@@ -45,6 +47,7 @@ pub fn stat(pid: u32) -> Option<Stat> {
         pgrp: f.get(2)?.parse().ok()?,
         start_ticks: f.get(19)?.parse().ok()?,
         rss_pages: f.get(21)?.parse().ok()?,
+        cpu_ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
     })
 }
 
@@ -197,7 +200,41 @@ pub fn command(
     cmd
 }
 
+/// Clock ticks per second, for CPU time from `/proc/PID/stat`.
+pub fn ticks_per_second() -> u64 {
+    rustix::param::clock_ticks_per_second()
+}
+
 /// The page size, for RSS from `/proc/PID/stat`.
 pub fn page_size() -> u64 {
     rustix::param::page_size() as u64
+}
+
+/// Resolves a user (name or uid) to its uid and primary gid, from `/etc/passwd`.
+pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
+    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && (f[0] == user || f[2] == user) {
+            let uid = f[2].parse().map_err(|_| format!("/etc/passwd: bad uid for {user}"))?;
+            let gid = f[3].parse().map_err(|_| format!("/etc/passwd: bad gid for {user}"))?;
+            return Ok((uid, gid));
+        }
+    }
+    match user.parse() {
+        Ok(uid) => Ok((uid, uid)),
+        Err(_) => Err(format!("user {user:?} is not in /etc/passwd")),
+    }
+}
+
+/// Resolves a group (name or gid) from `/etc/group`.
+pub fn lookup_group(group: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 3 && (f[0] == group || f[2] == group) {
+            return f[2].parse().map_err(|_| format!("/etc/group: bad gid for {group}"));
+        }
+    }
+    group.parse().map_err(|_| format!("group {group:?} is not in /etc/group"))
 }

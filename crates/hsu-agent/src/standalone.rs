@@ -67,6 +67,7 @@ pub struct Options {
 pub enum Request {
     Status,
     Reload,
+    Resources,
 }
 
 /// The answer to a request.
@@ -75,6 +76,7 @@ pub enum Request {
 pub enum Reply {
     Status(Vec<UnitStatus>),
     Reloaded(ApplyReport),
+    Resources(crate::resources::NodeResources),
     Error(String),
 }
 
@@ -107,7 +109,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(&ApplyReport)) -> Result<(), 
             }
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    if let Err(e) = serve(&mut agent, &opts.units, stream).await {
+                    if let Err(e) = serve(&mut agent, &opts.units, &opts.data_dir, stream).await {
                         warn!("control socket: {e}");
                     }
                 }
@@ -132,7 +134,7 @@ async fn reload(agent: &mut Agent, units: &Path) -> Reply {
 
 /// One request per connection; requests are served one at a time, so a reload never races a
 /// status.
-async fn serve(agent: &mut Agent, units: &Path, stream: UnixStream) -> std::io::Result<()> {
+async fn serve(agent: &mut Agent, units: &Path, data_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let n = tokio::time::timeout(std::time::Duration::from_secs(5), BufReader::new(r).read_line(&mut line))
@@ -142,6 +144,10 @@ async fn serve(agent: &mut Agent, units: &Path, stream: UnixStream) -> std::io::
         (0, _) => return Ok(()),
         (_, Ok(Request::Status)) => Reply::Status(agent.status()),
         (_, Ok(Request::Reload)) => reload(agent, units).await,
+        (_, Ok(Request::Resources)) => match crate::resources::Sampler::new().and_then(|mut s| s.sample(data_dir)) {
+            Ok(r) => Reply::Resources(r),
+            Err(e) => Reply::Error(e),
+        },
         (_, Err(e)) => Reply::Error(format!("bad request: {e}")),
     };
     let mut bytes = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;

@@ -64,7 +64,10 @@ pub struct UnitStatus {
     pub oom_killed: bool,
     /// An integrated unit's `hsu.core.v1.Core` address (`HSU_CORE_ADDR`).
     pub core_addr: Option<String>,
+    /// Resident memory of the main process.
     pub rss_bytes: Option<u64>,
+    /// CPU use of the main process over the last second or so, in thousandths of a core.
+    pub cpu_millicores: Option<u32>,
     /// Why it is failed, or when it restarts next, in words.
     pub message: Option<String>,
     /// When the current process started (Unix time, ms).
@@ -137,6 +140,7 @@ pub fn spawn(
         oom_killed: false,
         core_addr: None,
         rss_bytes: None,
+        cpu_millicores: None,
         message: None,
         started_at_ms: None,
     });
@@ -152,6 +156,7 @@ pub fn spawn(
         rx,
         cgroup: None,
         oom_before: 0,
+        cpu_sample: None,
     };
     let task = tokio::spawn(actor.run(adopt).instrument(tracing::info_span!("unit", name = %name)));
     UnitHandle { spec, tx, status, task }
@@ -169,6 +174,8 @@ struct Actor {
     cgroup: Option<limits::UnitCgroup>,
     /// OOM kills the cgroup had counted when the current process started.
     oom_before: u64,
+    /// CPU ticks of the main process at the last sample, for its CPU use.
+    cpu_sample: Option<(u32, Instant, u64)>,
 }
 
 /// The process the actor watches.
@@ -464,16 +471,35 @@ impl Actor {
         }
     }
 
-    /// Rotates logs and reads RSS.
-    fn tick(&self, id: ProcId) {
+    /// Rotates logs and reads RSS and CPU use.
+    fn tick(&mut self, id: ProcId) {
         for stream in ["stdout.log", "stderr.log"] {
             let path = self.dir.join(stream);
             if let Err(e) = logs::rotate_if_needed(&path, self.spec.logs.max_size.0, self.spec.logs.max_files) {
                 warn!("rotating {}: {e}", path.display());
             }
         }
-        let rss = process::stat(id.pid).map(|s| s.rss_pages * process::page_size());
-        self.set(|s| s.rss_bytes = rss);
+        let stat = process::stat(id.pid);
+        let rss = stat.map(|s| s.rss_pages * process::page_size());
+        let now = Instant::now();
+        let mut cpu = None;
+        if let Some(st) = stat {
+            match self.cpu_sample {
+                Some((pid, at, ticks)) if pid == id.pid && now.duration_since(at) >= Duration::from_secs(1) => {
+                    let used = st.cpu_ticks.saturating_sub(ticks) as f64 / process::ticks_per_second() as f64;
+                    cpu = Some((used / now.duration_since(at).as_secs_f64() * 1000.0).round() as u32);
+                    self.cpu_sample = Some((id.pid, now, st.cpu_ticks));
+                }
+                Some((pid, _, _)) if pid == id.pid => {}
+                _ => self.cpu_sample = Some((id.pid, now, st.cpu_ticks)),
+            }
+        }
+        self.set(|s| {
+            s.rss_bytes = rss;
+            if cpu.is_some() {
+                s.cpu_millicores = cpu;
+            }
+        });
     }
 
     /// After an exit: `Some(())` to start again, `None` when the actor is done (asked to stop
@@ -489,6 +515,7 @@ impl Actor {
             s.state = state;
             s.pid = None;
             s.rss_bytes = None;
+            s.cpu_millicores = None;
             s.last_exit = Some(exit);
             if message.is_some() {
                 s.message = message;
@@ -573,6 +600,25 @@ impl Actor {
         let argv =
             self.spec.command.as_ref().ok_or_else(|| std::io::Error::other("a managed unit without a command"))?;
         let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, stdout, stderr);
+        if self.spec.user.is_some() || self.spec.group.is_some() {
+            if !rustix::process::geteuid().is_root() {
+                return Err(std::io::Error::other("user and group need the agent to run as root"));
+            }
+            let (mut uid, mut gid) = (None, None);
+            if let Some(u) = &self.spec.user {
+                let (u, g) = process::lookup_user(u).map_err(std::io::Error::other)?;
+                (uid, gid) = (Some(u), Some(g));
+            }
+            if let Some(g) = &self.spec.group {
+                gid = Some(process::lookup_group(g).map_err(std::io::Error::other)?);
+            }
+            if let Some(g) = gid {
+                cmd.gid(g);
+            }
+            if let Some(u) = uid {
+                cmd.uid(u);
+            }
+        }
         self.setup_cgroup();
         self.oom_before = self.cgroup.as_ref().map_or(0, limits::UnitCgroup::oom_kills);
         limits::apply_in_child(&mut cmd, &self.spec.limits, self.cgroup.as_ref());

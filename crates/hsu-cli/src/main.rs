@@ -117,6 +117,11 @@ enum AgentCommand {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// This machine's capacity and use: CPU, memory, and the data directory's disk.
+    Resources {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -387,11 +392,30 @@ async fn agent_command(cmd: AgentCommand, output: Format) -> anyhow::Result<()> 
                             u.restarts.to_string(),
                             u.last_exit.map_or("-".into(), |e| e.to_string()),
                             u.rss_bytes.map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0)),
-                            u.message.clone().unwrap_or_default(),
+                            u.cpu_millicores.map_or("-".into(), |m| format!("{m}m")),
+                            if u.ready { "yes".into() } else { "no".into() },
+                            u.message.clone().or_else(|| u.probe_failure.clone()).unwrap_or_default(),
                         ]
                     })
                     .collect();
-                table(&["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "RSS", "MESSAGE"], rows)
+                table(&["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "RSS", "CPU", "READY", "MESSAGE"], rows)
+            })
+        }
+        AgentCommand::Resources { data_dir } => {
+            let Reply::Resources(r) = ask(data_dir, Request::Resources).await? else { bail!("unexpected answer") };
+            let gib = |b: u64| format!("{:.1}GiB", b as f64 / (1u64 << 30) as f64);
+            print(output, &r, |r| {
+                table(
+                    &["CPU CORES", "CPU USED", "MEMORY", "MEMORY AVAILABLE", "DISK", "DISK AVAILABLE"],
+                    vec![vec![
+                        r.cpu_cores.to_string(),
+                        format!("{:.0}%", r.cpu_used_percent),
+                        gib(r.memory_total_bytes),
+                        gib(r.memory_available_bytes),
+                        gib(r.disk_total_bytes),
+                        gib(r.disk_available_bytes),
+                    ]],
+                )
             })
         }
         AgentCommand::Reload { data_dir } => {

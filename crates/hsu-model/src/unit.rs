@@ -53,6 +53,12 @@ pub struct UnitSpec {
     /// Working directory (default: the unit's directory under the agent's data directory).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Run as this user (name or uid) and with its primary group; needs an agent running as root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run with this group (name or gid) instead of the user's primary group; needs root.
+    #[serde(default)]
+    pub group: Option<String>,
     #[serde(default)]
     pub logs: LogSpec,
     #[serde(default)]

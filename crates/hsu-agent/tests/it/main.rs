@@ -9,6 +9,7 @@ mod t50_units_files;
 mod t60_probes;
 mod t70_limits;
 mod t80_unmanaged;
+mod t90_node;
 
 use std::path::Path;
 use std::time::Duration;

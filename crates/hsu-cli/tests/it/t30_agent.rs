@@ -148,6 +148,12 @@ fn units_outlive_kill_9_of_the_agent_and_are_adopted_and_reload_applies_the_diff
         assert_eq!(reloaded[n].1, before[n].1, "{n} untouched");
     }
 
+    // The machine's capacity, as the scheduler will see it.
+    let out = agent_cli(&["resources", "-o", "json"], &data);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["cpu_cores"].as_u64().unwrap() >= 1 && r["memory_total_bytes"].as_u64().unwrap() > 0, "{r}");
+
     // A bad file: the reload fails with the file and line, and nothing changes.
     std::fs::write(&units, "units:\n  - name: u00\n    command: [sleep, '1']\n    colour: red\n").unwrap();
     let out = agent_cli(&["reload"], &data);
@@ -155,6 +161,25 @@ fn units_outlive_kill_9_of_the_agent_and_are_adopted_and_reload_applies_the_diff
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("units.yaml") && err.contains("line 4") && err.contains("colour"), "{err}");
     assert_eq!(status(&data).unwrap(), reloaded, "a refused reload changed nothing");
+
+    // SIGHUP re-reads the file too: u00 removed, everything else as it was.
+    names.retain(|n| n != "u00");
+    std::fs::write(&units, units_yaml(&starts, &names, Some("u18"))).unwrap();
+    let pid = second.child.as_ref().unwrap().id().to_string();
+    let _ = std::process::Command::new("kill").args(["-HUP", &pid]).output();
+    let after_hup = poll("SIGHUP to remove u00", || {
+        let s = status(&data)?;
+        if s.contains_key("u00") {
+            Err(format!("{s:?}"))
+        } else {
+            Ok(s)
+        }
+    });
+    assert!(!alive(reloaded["u00"].1), "u00 was stopped");
+    for (n, (_, pid, _)) in &after_hup {
+        assert_eq!(*pid, reloaded[n].1, "{n} untouched by SIGHUP");
+    }
+    let reloaded = after_hup;
 
     // SIGTERM: the units are stopped, then the agent exits 0.
     let mut child = second.child.take().unwrap();
@@ -185,6 +210,6 @@ fn a_bad_units_file_stops_the_agent_before_it_starts_anything() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml") && err.contains("line 5") && err.contains("missing field `command`"), "{err}");
+    assert!(err.contains("bad.yaml") && err.contains("line 4") && err.contains("missing field `command`"), "{err}");
     assert!(recorded_groups(&data).is_empty(), "nothing was started");
 }
