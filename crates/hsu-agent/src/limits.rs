@@ -178,17 +178,31 @@ fn rlimits(limits: &Limits) -> Vec<(Resource, u64)> {
     v
 }
 
-/// Makes the child set its rlimits and join its cgroups between fork and exec.
+/// The user and group a unit runs as (resolved before the fork).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Makes the child set its rlimits, join its cgroups and then take its identity, in that order,
+/// between fork and exec: the first two need root, so the switch to the unit's user comes last
+/// (std's own `uid`/`gid` would switch before any `pre_exec` runs).
 #[allow(unsafe_code)]
-pub fn apply_in_child(cmd: &mut tokio::process::Command, limits: &Limits, cgroup: Option<&UnitCgroup>) {
+pub fn apply_in_child(
+    cmd: &mut tokio::process::Command,
+    limits: &Limits,
+    cgroup: Option<&UnitCgroup>,
+    identity: Identity,
+) {
     let rl = rlimits(limits);
     let procs = cgroup.map(UnitCgroup::procs_files).unwrap_or_default();
-    if rl.is_empty() && procs.is_empty() {
+    if rl.is_empty() && procs.is_empty() && identity.uid.is_none() && identity.gid.is_none() {
         return;
     }
     let errno = |e: rustix::io::Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
     // SAFETY: the closure runs in the forked child before exec. It only makes system calls
-    // (setrlimit, getpid, open, write) on data prepared before the fork, and formats the pid into
+    // (setrlimit, getpid, open, write, setgroups, setgid, setuid) on data prepared before the fork, and formats the pid into
     // a stack buffer: no allocation, no lock, nothing another thread of the parent could hold.
     unsafe {
         cmd.pre_exec(move || {
@@ -212,6 +226,15 @@ pub fn apply_in_child(cmd: &mut tokio::process::Command, limits: &Limits, cgroup
                         .map_err(errno)?;
                     rustix::io::write(&fd, &buf[at..]).map_err(errno)?;
                 }
+            }
+            // The child has one thread, so the per-thread calls change the whole process.
+            if let Some(g) = identity.gid {
+                let gid = rustix::process::Gid::from_raw(g);
+                rustix::thread::set_thread_groups(&[gid]).map_err(errno)?;
+                rustix::thread::set_thread_gid(gid).map_err(errno)?;
+            }
+            if let Some(u) = identity.uid {
+                rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(u)).map_err(errno)?;
             }
             Ok(())
         });

@@ -136,17 +136,28 @@ async fn core_health(port: u16) -> Result<(), String> {
 async fn attempt(check: &Check, target: &Target) -> Result<(), String> {
     match check {
         Check::Exec { command } => {
-            let status = tokio::process::Command::new(command.program())
-                .args(command.args())
+            let mut cmd = tokio::process::Command::new(command.program());
+            cmd.args(command.args())
                 .envs(&target.env)
                 .current_dir(&target.cwd)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(|e| format!("exec {}: {e}", command.program()))?;
+                .kill_on_drop(true);
+            // Registered, so the agent's reaper leaves this child's status to tokio; released
+            // when the check ends (also when its timeout drops it).
+            let mut child =
+                crate::process::spawn_owned(&mut cmd).map_err(|e| format!("exec {}: {e}", command.program()))?;
+            struct Release(Option<u32>);
+            impl Drop for Release {
+                fn drop(&mut self) {
+                    if let Some(pid) = self.0 {
+                        crate::process::disown(pid);
+                    }
+                }
+            }
+            let _release = Release(child.id());
+            let status = child.wait().await.map_err(|e| format!("exec {}: {e}", command.program()))?;
             if status.success() {
                 Ok(())
             } else {

@@ -225,6 +225,12 @@ impl Actor {
     }
 
     fn save(&self, proc_id: Option<ProcId>) {
+        if let Err(e) = self.write_record(proc_id) {
+            warn!("cannot write the unit record: {e}");
+        }
+    }
+
+    fn write_record(&self, proc_id: Option<ProcId>) -> std::io::Result<()> {
         let r = Record {
             spec: self.spec.clone(),
             proc: proc_id,
@@ -232,9 +238,7 @@ impl Actor {
             ports: self.ports.clone(),
             restarts: self.restarts,
         };
-        if let Err(e) = record::write(&self.data_dir, &r) {
-            warn!("cannot write the unit record: {e}");
-        }
+        record::write(&self.data_dir, &r)
     }
 
     /// An unmanaged unit: find the process, watch it, start it with `start_command` when it is
@@ -257,6 +261,7 @@ impl Actor {
                             info!(pid = p.pid, "attached");
                         }
                     }
+                    self.rotate_logs();
                     match found {
                         Some(p) => {
                             let rss = process::stat(p.pid).map(|s| s.rss_pages * process::page_size());
@@ -286,7 +291,7 @@ impl Actor {
                             if self.spec.start_command.is_some() && Instant::now() >= next_start {
                                 match after_exit(&self.spec.restart, &mut self.history, Exit::Unknown, Duration::ZERO, Instant::now()) {
                                     AfterExit::RestartAfter(d) => {
-                                        self.run_aside(self.spec.start_command.clone(), "start_command");
+                                        self.run_aside(self.spec.start_command.clone(), "start_command", false);
                                         self.restarts += 1;
                                         let n = self.restarts;
                                         self.set(|s| s.restarts = n);
@@ -316,15 +321,29 @@ impl Actor {
     }
 
     /// Runs a start or stop command of an unmanaged unit in its own group, output to the unit's
-    /// logs; not waited for (the reaper collects it).
-    fn run_aside(&self, argv: Option<hsu_model::unit::Command>, what: &str) -> Option<tokio::process::Child> {
+    /// logs; with `wait` the caller waits for it (and disowns it after), else the reaper collects it.
+    fn run_aside(
+        &self,
+        argv: Option<hsu_model::unit::Command>,
+        what: &str,
+        wait: bool,
+    ) -> Option<tokio::process::Child> {
         let argv = argv?;
         let probe::Target { env, cwd, .. } = self.target();
         let open = || -> std::io::Result<_> {
             std::fs::create_dir_all(&self.dir)?;
             Ok((process::open_log(&self.dir.join("stdout.log"))?, process::open_log(&self.dir.join("stderr.log"))?))
         };
-        match open().and_then(|(o, e)| process::command(argv.program(), argv.args(), &env, &cwd, o, e).spawn()) {
+        // A command the agent waits for is registered, so the reaper leaves its status to tokio.
+        let spawn = |(o, e)| {
+            let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, o, e);
+            if wait {
+                process::spawn_owned(&mut cmd)
+            } else {
+                cmd.spawn()
+            }
+        };
+        match open().and_then(spawn) {
             Ok(child) => {
                 info!(pid = child.id(), "ran {what}");
                 Some(child)
@@ -342,8 +361,11 @@ impl Actor {
     async fn stop_unmanaged(&mut self, found: Option<ProcId>) {
         let grace = self.spec.stop.grace.0;
         if self.spec.stop_command.is_some() {
-            if let Some(mut child) = self.run_aside(self.spec.stop_command.clone(), "stop_command") {
+            if let Some(mut child) = self.run_aside(self.spec.stop_command.clone(), "stop_command", true) {
                 let _ = tokio::time::timeout(grace, child.wait()).await;
+                if let Some(pid) = child.id() {
+                    process::disown(pid);
+                }
             }
         } else if let (true, Some(p)) = (self.spec.signal_allowed, found) {
             let signal = self.spec.stop.signal;
@@ -376,6 +398,8 @@ impl Actor {
         }
         if adopt.is_some() {
             self.setup_cgroup();
+            let core_addr = self.target().env.get("HSU_CORE_ADDR").cloned();
+            self.set(|s| s.core_addr = core_addr);
         }
         let mut running = adopt.map(|id| {
             info!(pid = id.pid, "adopted the running process");
@@ -403,14 +427,16 @@ impl Actor {
             let mut tick = tokio::time::interval(TICK);
             let (probe_tx, mut probes) = mpsc::channel(8);
             let prober = tokio::spawn(probe::run(self.spec.clone(), self.target(), probe_tx));
-            let no_probes = self.spec.startup.is_none() && self.spec.readiness.is_none();
+            // Integrated units without a readiness probe are ready when their Core says so.
+            let implicit_core = self.spec.kind == UnitKind::Integrated;
+            let no_probes = self.spec.startup.is_none() && self.spec.readiness.is_none() && !implicit_core;
             self.set(|s| s.ready = no_probes);
             let exit = loop {
                 tokio::select! {
                     exit = proc.wait() => break exit,
                     Some(event) = probes.recv() => match event {
                         probe::Event::StartupPassed => {
-                            let ready = self.spec.readiness.is_none();
+                            let ready = self.spec.readiness.is_none() && !implicit_core;
                             self.set(|s| s.ready = ready);
                         }
                         probe::Event::Ready(ready, why) => self.set(|s| {
@@ -472,13 +498,17 @@ impl Actor {
     }
 
     /// Rotates logs and reads RSS and CPU use.
-    fn tick(&mut self, id: ProcId) {
+    fn rotate_logs(&self) {
         for stream in ["stdout.log", "stderr.log"] {
             let path = self.dir.join(stream);
             if let Err(e) = logs::rotate_if_needed(&path, self.spec.logs.max_size.0, self.spec.logs.max_files) {
                 warn!("rotating {}: {e}", path.display());
             }
         }
+    }
+
+    fn tick(&mut self, id: ProcId) {
+        self.rotate_logs();
         let stat = process::stat(id.pid);
         let rss = stat.map(|s| s.rss_pages * process::page_size());
         let now = Instant::now();
@@ -600,6 +630,7 @@ impl Actor {
         let argv =
             self.spec.command.as_ref().ok_or_else(|| std::io::Error::other("a managed unit without a command"))?;
         let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, stdout, stderr);
+        let mut identity = limits::Identity { uid: None, gid: None };
         if self.spec.user.is_some() || self.spec.group.is_some() {
             if !rustix::process::geteuid().is_root() {
                 return Err(std::io::Error::other("user and group need the agent to run as root"));
@@ -612,22 +643,22 @@ impl Actor {
             if let Some(g) = &self.spec.group {
                 gid = Some(process::lookup_group(g).map_err(std::io::Error::other)?);
             }
-            if let Some(g) = gid {
-                cmd.gid(g);
-            }
-            if let Some(u) = uid {
-                cmd.uid(u);
-            }
+            identity = limits::Identity { uid, gid };
         }
         self.setup_cgroup();
         self.oom_before = self.cgroup.as_ref().map_or(0, limits::UnitCgroup::oom_kills);
-        limits::apply_in_child(&mut cmd, &self.spec.limits, self.cgroup.as_ref());
+        limits::apply_in_child(&mut cmd, &self.spec.limits, self.cgroup.as_ref(), identity);
         let child = process::spawn_owned(&mut cmd)?;
         let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
         // The start time identifies the process across agent restarts; if it already exited the
         // record gets a start time of 0, which matches no live process.
         let id = ProcId::of(pid).unwrap_or(ProcId { pid, start_ticks: 0 });
-        self.save(Some(id));
+        if let Err(e) = self.write_record(Some(id)) {
+            // Unrecorded, a restarted agent would not know it and could start a second copy.
+            let _ = process::signal_group(pid, Signal::KILL);
+            process::disown(pid);
+            return Err(std::io::Error::other(format!("cannot record the started process: {e}")));
+        }
         info!(pid, "started");
         let core_addr = env.get("HSU_CORE_ADDR").cloned();
         self.set(|s| {
@@ -679,7 +710,8 @@ impl Actor {
         let id = proc.id();
         self.set(|s| s.state = State::Stopping);
         let signal = self.spec.stop.signal;
-        let grace = self.spec.stop.grace.0;
+        let stop_started = Instant::now();
+        let mut grace = self.spec.stop.grace.0;
         if let Some(exit) = self.shutdown_through_core(proc, grace).await {
             process::disown(id.pid);
             if let Some(cg) = self.cgroup.take() {
@@ -695,6 +727,8 @@ impl Actor {
             });
             return Some(exit);
         }
+        // One grace period for the whole stop: signals get what Core/Shutdown left of it.
+        grace = grace.saturating_sub(stop_started.elapsed());
         info!(pid = id.pid, signal = signal.name(), ?grace, "stopping");
         if let Err(e) = process::signal_group(id.pid, process::signal_of(signal)) {
             warn!("sending {} to group {}: {e}", signal.name(), id.pid);

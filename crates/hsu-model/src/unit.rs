@@ -882,6 +882,20 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
                         "line {line}: unit {name:?}: an unmanaged unit has no `command`; `start_command` starts it"
                     )));
                 }
+                let managed_only = [
+                    ("startup", u.startup.is_some()),
+                    ("liveness", u.liveness.is_some()),
+                    ("readiness", u.readiness.is_some()),
+                    ("limits", u.limits != Limits::default()),
+                    ("user", u.user.is_some()),
+                    ("group", u.group.is_some()),
+                    ("ports", !u.ports.is_empty()),
+                ];
+                if let Some((field, _)) = managed_only.iter().find(|(_, set)| *set) {
+                    return Err(SpecError(format!(
+                        "line {line}: unit {name:?}: `{field}` is not supported for unmanaged units (the agent did not start the process)"
+                    )));
+                }
             }
         }
         let mut port_names = BTreeMap::new();

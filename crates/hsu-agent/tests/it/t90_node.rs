@@ -30,14 +30,14 @@ async fn a_unit_runs_as_the_user_it_names() {
     let _cleanup = Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
     let yaml = format!(
-        "units:\n  - name: as-nobody\n    command: [sh, -c, 'id -u > {o}; id -g >> {o}; exec sleep 1000']\n    user: nobody\n    group: '65534'\n",
+        "units:\n  - name: as-nobody\n    command: [sh, -c, 'id -u > {o}; id -g >> {o}; ulimit -n >> {o}; exec sleep 1000']\n    user: nobody\n    group: '65534'\n    limits: {{memory: 256MiB, open_files: 100}}\n",
         o = out.display()
     );
     agent.apply(units(&yaml)).await;
     wait_for(&agent, "as-nobody", "running", |s| s.state == State::Running).await;
     let ids =
-        crate::poll("the unit's ids", || std::fs::read_to_string(&out).ok().filter(|t| t.lines().count() == 2)).await;
-    assert_eq!(ids, "65534\n65534\n");
+        crate::poll("the unit's ids", || std::fs::read_to_string(&out).ok().filter(|t| t.lines().count() == 3)).await;
+    assert_eq!(ids, "65534\n65534\n100\n", "limits need root and the identity switch comes after them");
     agent.shutdown(OnExit::Stop).await;
 }
 

@@ -82,6 +82,11 @@ fn bad_specs_name_the_line_and_the_problem() {
             &["line 4"],
         ),
         (
+            "managed-only field on an unmanaged unit",
+            "units:\n  - name: b\n    kind: unmanaged\n    attach: {port: 80}\n    limits: {memory: 1G}\n",
+            &["line 2", "`limits` is not supported for unmanaged units"],
+        ),
+        (
             "unmanaged field on a managed unit",
             "units:\n  - name: a\n    command: [x]\n    signal_allowed: true\n",
             &["line 2", "`signal_allowed` is for unmanaged units"],
