@@ -19,8 +19,10 @@ use crate::supervisor::{self, UnitHandle, UnitStatus};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recorded {
     pub spec: UnitSpec,
-    /// Its process still runs (same pid and start time as recorded).
+    /// Its main process still runs (same pid and start time as recorded).
     pub alive: bool,
+    /// Its main process is gone but other processes of its group still run.
+    pub leftovers: bool,
 }
 
 /// One step of reconciliation.
@@ -34,8 +36,11 @@ pub enum Action {
     Replace(String),
     /// No longer desired: stop it and forget it.
     Stop(String),
-    /// A recorded process for a spec that is no longer (or differently) desired: stop its group.
+    /// A recorded process for a spec that is no longer (or differently) desired, or what is left
+    /// of a unit whose main process died while no agent watched: stop its group.
     StopRecorded(String),
+    /// A record of a unit that is neither desired nor running: delete it.
+    Forget(String),
 }
 
 /// The pure reconciler. `supervised`: the specs of the units the agent runs now; `recorded`:
@@ -57,8 +62,11 @@ pub fn plan(
             continue;
         }
         let same = want.get(name.as_str()).is_some_and(|w| **w == r.spec);
-        if r.alive && !same {
+        if (r.alive && !same) || (!r.alive && r.leftovers) {
             actions.push(Action::StopRecorded(name.clone()));
+        }
+        if !want.contains_key(name.as_str()) && !r.alive && !r.leftovers {
+            actions.push(Action::Forget(name.clone()));
         }
     }
     for (name, spec) in &want {
@@ -129,7 +137,11 @@ impl Agent {
         let recorded: BTreeMap<String, Recorded> = self
             .recorded
             .iter()
-            .map(|(n, r)| (n.clone(), Recorded { spec: r.spec.clone(), alive: r.proc.is_some_and(|p| p.alive()) }))
+            .map(|(n, r)| {
+                let alive = r.proc.is_some_and(|p| p.alive());
+                let leftovers = !alive && r.pgid.is_some_and(|g| !process::unit_members(g, n).is_empty());
+                (n.clone(), Recorded { spec: r.spec.clone(), alive, leftovers })
+            })
             .collect();
         let actions = plan(&desired, &supervised, &recorded);
         let mut want: BTreeMap<String, UnitSpec> =
@@ -154,6 +166,12 @@ impl Agent {
                         }
                     }
                     report.stopped.push(name);
+                }
+                Action::Forget(name) => {
+                    self.recorded.remove(&name);
+                    if let Err(e) = record::remove(&self.data_dir, &name) {
+                        warn!(unit = %name, "removing its record: {e}");
+                    }
                 }
                 Action::Replace(name) => {
                     if let Some(h) = self.units.remove(&name) {
@@ -194,12 +212,18 @@ impl Agent {
 
     /// Ends the agent; its units are stopped or left running for the next agent.
     pub async fn shutdown(self, on_exit: OnExit) {
+        // All at once: each unit has its own grace period, and a service manager's stop timeout
+        // must not run out while later units still wait their turn.
+        let mut stops = tokio::task::JoinSet::new();
         for (_, h) in self.units {
-            match on_exit {
-                OnExit::Stop => h.stop().await,
-                OnExit::Keep => h.detach().await,
-            }
+            stops.spawn(async move {
+                match on_exit {
+                    OnExit::Stop => h.stop().await,
+                    OnExit::Keep => h.detach().await,
+                }
+            });
         }
+        while stops.join_next().await.is_some() {}
         self.reaper.abort();
     }
 }
@@ -207,11 +231,12 @@ impl Agent {
 /// Stops a process an earlier agent recorded (it is not our child: signal, poll, SIGKILL).
 async fn stop_recorded(r: &Record) {
     let (Some(p), Some(pgid)) = (r.proc, r.pgid) else { return };
-    if !p.alive() {
+    let name = r.spec.name.as_str();
+    if !p.alive() && process::unit_members(pgid, name).is_empty() {
         return;
     }
     let signal = r.spec.stop.signal;
-    info!(unit = %r.spec.name, pid = p.pid, "stopping a recorded process that is no longer desired as it runs");
+    info!(unit = %name, pid = p.pid, "stopping recorded processes that are not wanted as they run");
     let sig = process::signal_of(signal);
     let _ = process::signal_group(pgid, sig);
     if !process::wait_group_empty(pgid, r.spec.stop.grace.0).await {

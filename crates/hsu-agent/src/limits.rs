@@ -145,6 +145,46 @@ impl UnitCgroup {
             .unwrap_or(0)
     }
 
+    /// Pids in the unit's cgroups: every process of the unit, also those that left its process
+    /// group (setsid, daemonizing).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// SIGKILLs everything in the unit's cgroups (v2: `cgroup.kill`) until they are empty or
+    /// `within` has passed; true if they emptied.
+    pub async fn kill_all(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tracing::warn!(?pids, "killing what is left in the unit's cgroup");
+            for d in &self.dirs {
+                let _ = std::fs::write(d.join("cgroup.kill"), "1");
+            }
+            for pid in pids {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+            crate::process::reap_orphans();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Removes the cgroups (they must be empty: call after the group is gone).
     pub fn remove(&self) {
         for d in &self.dirs {

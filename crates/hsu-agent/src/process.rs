@@ -76,6 +76,20 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     all().into_iter().filter(|(_, s)| s.pgrp == pgid && s.state != 'Z' && s.state != 'X').map(|(p, _)| p).collect()
 }
 
+/// Live members of group `pgid` that carry `HSU_UNIT=unit` in their environment: what is left of
+/// a unit whose main process died while no agent watched. The environment check keeps a group id
+/// that the kernel reused for unrelated processes from being taken for the unit.
+pub fn unit_members(pgid: u32, unit: &str) -> Vec<u32> {
+    let needle = format!("HSU_UNIT={unit}");
+    group_members(pgid)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
 /// Every process of group `pgid`, zombies included (for the tests' "nothing left behind").
 pub fn group_members_with_zombies(pgid: u32) -> Vec<(u32, char)> {
     all().into_iter().filter(|(_, s)| s.pgrp == pgid).map(|(p, s)| (p, s.state)).collect()

@@ -481,6 +481,10 @@ impl Actor {
                 let _ = process::signal_group(id.pid, Signal::KILL);
                 process::wait_group_empty(id.pid, KILL_WAIT).await;
             }
+            // And what left the group but not the unit's cgroup.
+            if let Some(cg) = &self.cgroup {
+                cg.kill_all(KILL_WAIT).await;
+            }
             let oom = self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > self.oom_before);
             if oom {
                 let limit = self.spec.limits.memory.map_or(0, |m| m.0);
@@ -715,6 +719,7 @@ impl Actor {
         if let Some(exit) = self.shutdown_through_core(proc, grace).await {
             process::disown(id.pid);
             if let Some(cg) = self.cgroup.take() {
+                cg.kill_all(KILL_WAIT).await;
                 cg.remove();
             }
             self.save(None);
@@ -753,6 +758,7 @@ impl Actor {
         };
         process::disown(id.pid);
         if let Some(cg) = self.cgroup.take() {
+            cg.kill_all(KILL_WAIT).await;
             cg.remove();
         }
         self.save(None);

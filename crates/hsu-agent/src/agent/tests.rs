@@ -25,7 +25,7 @@ fn only_what_changed_is_touched() {
 #[test]
 fn records_of_a_previous_agent_are_adopted_or_stopped() {
     let v1 = specs(V1);
-    let rec = |spec: &UnitSpec, alive| Recorded { spec: spec.clone(), alive };
+    let rec = |spec: &UnitSpec, alive| Recorded { spec: spec.clone(), alive, leftovers: false };
     let recorded: BTreeMap<String, Recorded> =
         [("a".to_string(), rec(&v1[0], true)), ("b".to_string(), rec(&v1[1], true))].into();
     // Same specs and alive: adopted, nothing started twice.
@@ -43,4 +43,13 @@ fn records_of_a_previous_agent_are_adopted_or_stopped() {
     // After a reboot nothing recorded is alive: everything desired starts again.
     let dead: BTreeMap<String, Recorded> = [("a".to_string(), rec(&v1[0], false))].into();
     assert_eq!(plan(&v1, &BTreeMap::new(), &dead), [Action::Start("a".into()), Action::Start("b".into())]);
+    // The main process died while no agent watched but its workers run on: they go first.
+    let leftovers: BTreeMap<String, Recorded> =
+        [("a".to_string(), Recorded { spec: v1[0].clone(), alive: false, leftovers: true })].into();
+    assert_eq!(
+        plan(&v1, &BTreeMap::new(), &leftovers),
+        [Action::StopRecorded("a".into()), Action::Start("a".into()), Action::Start("b".into())]
+    );
+    // A record of a unit nobody wants any more, and nothing runs: forgotten.
+    assert_eq!(plan(&v1[1..], &BTreeMap::new(), &dead), [Action::Forget("a".into()), Action::Start("b".into())]);
 }

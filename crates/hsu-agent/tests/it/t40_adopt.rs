@@ -43,3 +43,32 @@ async fn a_new_agent_adopts_running_units_and_replaces_changed_ones() {
         assert_eq!(group_members_with_zombies(*p), [], "group {p} is gone");
     }
 }
+
+#[tokio::test]
+async fn workers_left_by_a_main_process_that_died_while_no_agent_watched_are_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _cleanup = crate::Cleanup(data.clone());
+    // The main process (exec'd sleep 1000) and a worker (sleep 1001) share the unit's group.
+    let yaml = "units:\n  - {name: w, command: [sh, -c, 'sleep 1001 & exec sleep 1000']}\n";
+    let mut first = Agent::open(&data).unwrap();
+    first.apply(units(yaml)).await;
+    let main = wait_for(&first, "w", "running", |s| s.state == State::Running).await.pid.unwrap();
+    crate::poll("the worker", || (hsu_agent::process::group_members(main).len() == 2).then_some(())).await;
+    let worker = *hsu_agent::process::group_members(main).iter().find(|p| **p != main).unwrap();
+    first.shutdown(OnExit::Keep).await;
+    // The main process dies while no agent runs; the worker runs on.
+    rustix::process::kill_process(rustix::process::Pid::from_raw(main as i32).unwrap(), rustix::process::Signal::KILL)
+        .unwrap();
+    crate::poll("the main process to die", || (!ProcId::of(main).is_some_and(|p| p.alive())).then_some(())).await;
+
+    let mut second = Agent::open(&data).unwrap();
+    let report = second.apply(units(yaml)).await;
+    assert_eq!(
+        (report.stopped.as_slice(), report.started.as_slice()),
+        (&["w".to_string()][..], &["w".to_string()][..])
+    );
+    assert!(!ProcId::of(worker).is_some_and(|p| p.alive()), "the old generation's worker was stopped");
+    wait_for(&second, "w", "running again", |s| s.state == State::Running && s.pid != Some(main)).await;
+    second.shutdown(OnExit::Stop).await;
+}

@@ -65,3 +65,28 @@ async fn processes_run_in_the_units_cgroup_with_their_rlimits() {
     }
     agent.shutdown(OnExit::Stop).await;
 }
+
+#[tokio::test]
+async fn a_process_that_left_the_group_is_stopped_through_the_cgroup() {
+    if detect() == Cgroups::None {
+        eprintln!("skipped: no cgroups on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let escaped = dir.path().join("escaped.pid");
+    let _cleanup = Cleanup(dir.path().join("data"));
+    let mut agent = Agent::open(&dir.path().join("data")).unwrap();
+    // setsid puts the helper in a session and group of its own: signals to the unit's group
+    // miss it, its cgroup does not.
+    let yaml = format!(
+        "units:\n  - name: daemonizing\n    command: [sh, -c, 'setsid sh -c \"echo \\$$ > {e}; exec sleep 1001\" & exec sleep 1000']\n    limits: {{pids: 100}}\n",
+        e = escaped.display()
+    );
+    agent.apply(units(&yaml)).await;
+    wait_for(&agent, "daemonizing", "running", |s| s.state == State::Running).await;
+    let pid: u32 =
+        crate::poll("the escaped process", || std::fs::read_to_string(&escaped).ok()?.trim().parse().ok()).await;
+    assert!(hsu_agent::process::ProcId::of(pid).is_some_and(|p| p.alive()));
+    agent.shutdown(OnExit::Stop).await;
+    assert!(!hsu_agent::process::ProcId::of(pid).is_some_and(|p| p.alive()), "pid {pid} escaped the stop");
+}
