@@ -219,6 +219,17 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The command with `${NAME}` replaced from the unit's environment, then the agent's own.
+fn expand_argv(
+    argv: &hsu_model::unit::Command,
+    env: &BTreeMap<String, String>,
+) -> Result<(String, Vec<String>), String> {
+    let lookup = |n: &str| env.get(n).cloned().or_else(|| std::env::var(n).ok());
+    let program = hsu_model::expand::expand(argv.program(), lookup)?;
+    let args = argv.args().iter().map(|a| hsu_model::expand::expand(a, lookup)).collect::<Result<_, _>>()?;
+    Ok((program, args))
+}
+
 impl Actor {
     fn set(&self, f: impl FnOnce(&mut UnitStatus)) {
         self.status.send_modify(f);
@@ -336,7 +347,8 @@ impl Actor {
         };
         // A command the agent waits for is registered, so the reaper leaves its status to tokio.
         let spawn = |(o, e)| {
-            let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, o, e);
+            let (program, args) = expand_argv(&argv, &env).map_err(std::io::Error::other)?;
+            let mut cmd = process::command(&program, &args, &env, &cwd, o, e);
             if wait {
                 process::spawn_owned(&mut cmd)
             } else {
@@ -633,7 +645,8 @@ impl Actor {
         let stderr = process::open_log(&self.dir.join("stderr.log"))?;
         let argv =
             self.spec.command.as_ref().ok_or_else(|| std::io::Error::other("a managed unit without a command"))?;
-        let mut cmd = process::command(argv.program(), argv.args(), &env, &cwd, stdout, stderr);
+        let (program, args) = expand_argv(argv, &env).map_err(std::io::Error::other)?;
+        let mut cmd = process::command(&program, &args, &env, &cwd, stdout, stderr);
         let mut identity = limits::Identity { uid: None, gid: None };
         if self.spec.user.is_some() || self.spec.group.is_some() {
             if !rustix::process::geteuid().is_root() {

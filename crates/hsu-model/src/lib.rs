@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod duration;
+pub mod expand;
 pub mod id;
 pub mod unit;
 

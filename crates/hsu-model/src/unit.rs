@@ -904,6 +904,24 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
                 return Err(SpecError(format!("unit {}: port {:?} is listed twice", u.name, p.name.as_str())));
             }
         }
+        // `${HSU_...}` in a command must be a variable the agent sets for this unit: a typo
+        // would otherwise only show when the unit starts.
+        let mut provided: Vec<String> = vec!["HSU_UNIT".into()];
+        provided.extend(u.ports.iter().map(PortSpec::env_name));
+        if u.kind == UnitKind::Integrated {
+            provided.push("HSU_CORE_ADDR".into());
+        }
+        let argvs = [&u.command, &u.start_command, &u.stop_command];
+        for arg in argvs.into_iter().flatten().flat_map(|c| c.0.iter()) {
+            let refs =
+                crate::expand::references(arg).map_err(|e| SpecError(format!("line {line}: unit {name:?}: {e}")))?;
+            if let Some(bad) = refs.iter().find(|r| r.starts_with("HSU_") && !provided.contains(r)) {
+                return Err(SpecError(format!(
+                    "line {line}: unit {name:?}: the command uses ${{{bad}}}, which the agent does not set for this unit (it sets {})",
+                    provided.join(", ")
+                )));
+            }
+        }
         for (which, probe) in [("startup", &u.startup), ("liveness", &u.liveness), ("readiness", &u.readiness)] {
             if let Some(PortRef::Named(n)) = probe.as_ref().and_then(Probe::port) {
                 if !u.ports.iter().any(|p| p.name == *n) {

@@ -33,6 +33,7 @@ async fn exec_readiness_flips_ready_both_ways() {
 
 #[tokio::test]
 async fn http_and_tcp_probes_pass_against_a_server_and_fail_against_a_missing_page_or_port() {
+    // `good` gets its port through `${HSU_PORT_HTTP}` in its arguments, with no shell.
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = crate::Cleanup(dir.path().join("data"));
     let mut agent = Agent::open(&dir.path().join("data")).unwrap();
@@ -40,7 +41,7 @@ async fn http_and_tcp_probes_pass_against_a_server_and_fail_against_a_missing_pa
     let yaml = format!(
         "units:
   - name: good
-    command: {server}
+    command: [python3, -m, http.server, --bind, 127.0.0.1, '${{HSU_PORT_HTTP}}']
     ports: [{{name: http}}]
     readiness: {{http: {{port: http, path: /}}, period: 100ms}}
   - name: missing-page

@@ -129,6 +129,17 @@ fn bad_specs_name_the_line_and_the_problem() {
             "units:\n  - name: a\n    command: [x]\n    logs: {max_size: 10}\n",
             &["line 4", "at least 1024"],
         ),
+        ("bad cpu", "units:\n  - name: a\n    command: [x]\n    limits: {cpu: lots}\n", &["line 4", "millicores"]),
+        (
+            "unknown limit",
+            "units:\n  - name: a\n    command: [x]\n    limits: {gpus: 1}\n",
+            &["line 4", "unknown field `gpus`"],
+        ),
+        (
+            "unknown HSU variable",
+            "units:\n  - name: a\n    command: [serve, '${HSU_PORT_HTPP}']\n    ports: [{name: http}]\n",
+            &["line 2", "${HSU_PORT_HTPP}", "HSU_PORT_HTTP"],
+        ),
     ];
     for (what, yaml, wants) in cases {
         let err = parse_units(yaml).expect_err(what).to_string();
