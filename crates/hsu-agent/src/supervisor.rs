@@ -603,7 +603,8 @@ impl Actor {
                 self.cgroup = cg;
                 self.set(|s| s.limits = note);
             }
-            Err(note) => {
+            Err(e) => {
+                let note = if e.starts_with("limits not enforced") { e } else { format!("limits not enforced: {e}") };
                 warn!("{note}");
                 self.cgroup = None;
                 self.set(|s| s.limits = Some(note));
