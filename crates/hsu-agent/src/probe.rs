@@ -219,18 +219,9 @@ async fn attempt(check: &Check, target: &Target) -> Result<(), String> {
     }
 }
 
-/// Runs `probe` every period until its verdict is `stop_at` (or forever if `None`). After each
+/// Runs `what` every period of `probe` until its verdict is `stop_at` (or forever if `None`). After each
 /// attempt `on_result(verdict, changed, failure)` hears the current verdict (once there is one),
 /// whether this attempt changed it, and the attempt's failure; it returns false to stop early.
-async fn run_one(
-    probe: &Probe,
-    target: &Target,
-    stop_at: Option<bool>,
-    on_result: impl FnMut(bool, bool, Option<String>) -> bool,
-) {
-    run_what(probe, What::Spec(&probe.check), target, stop_at, on_result).await
-}
-
 async fn run_what(
     probe: &Probe,
     what: What<'_>,
@@ -259,7 +250,7 @@ async fn run_what(
 pub async fn run(spec: UnitSpec, target: Target, tx: mpsc::Sender<Event>) {
     if let Some(p) = &spec.startup {
         let mut passed = false;
-        run_one(p, &target, Some(true), |ok, changed, why| {
+        run_what(p, What::Spec(&p.check), &target, Some(true), |ok, changed, why| {
             passed = ok;
             if changed && !ok {
                 let _ = tx.try_send(Event::StartupFailed(format!("startup probe failed: {}", why.unwrap_or_default())));
@@ -276,7 +267,7 @@ pub async fn run(spec: UnitSpec, target: Target, tx: mpsc::Sender<Event>) {
     }
     let liveness = async {
         if let Some(p) = &spec.liveness {
-            run_one(p, &target, Some(false), |ok, changed, why| {
+            run_what(p, What::Spec(&p.check), &target, Some(false), |ok, changed, why| {
                 if changed && !ok {
                     let _ = tx
                         .try_send(Event::LivenessFailed(format!("liveness probe failed: {}", why.unwrap_or_default())));

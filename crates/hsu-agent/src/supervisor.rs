@@ -257,7 +257,8 @@ impl Actor {
     async fn run_unmanaged(mut self) {
         let Some(attach) = self.spec.attach.clone() else { return };
         let mut found: Option<ProcId> = None;
-        let mut next_start = Instant::now();
+        // When start_command may run next; `None` once the restart policy says never again.
+        let mut next_start = Some(Instant::now());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -299,19 +300,19 @@ impl Actor {
                                     s.message = Some(missing);
                                 }
                             });
-                            if self.spec.start_command.is_some() && Instant::now() >= next_start {
+                            if self.spec.start_command.is_some() && next_start.is_some_and(|t| Instant::now() >= t) {
                                 match after_exit(&self.spec.restart, &mut self.history, Exit::Unknown, Duration::ZERO, Instant::now()) {
                                     AfterExit::RestartAfter(d) => {
                                         self.run_aside(self.spec.start_command.clone(), "start_command", false);
                                         self.restarts += 1;
                                         let n = self.restarts;
                                         self.set(|s| s.restarts = n);
-                                        next_start = Instant::now() + d.max(Duration::from_secs(1));
+                                        next_start = Some(Instant::now() + d.max(Duration::from_secs(1)));
                                     }
-                                    AfterExit::StayDown => next_start = Instant::now() + Duration::from_secs(86_400 * 365),
+                                    AfterExit::StayDown => next_start = None,
                                     AfterExit::GiveUp(why) => {
                                         self.set(|s| { s.state = State::Failed; s.message = Some(why); });
-                                        next_start = Instant::now() + Duration::from_secs(86_400 * 365);
+                                        next_start = None;
                                     }
                                 }
                             }
@@ -722,53 +723,18 @@ impl Actor {
         }
     }
 
-    /// The configured signal to the whole group, then SIGKILL after the grace period; returns
-    /// once the main process is reaped and the group is empty.
+    /// Stops the running process: an integrated unit through Core/Shutdown first, then (for
+    /// every unit) the configured signal to the whole group and SIGKILL after the grace period.
+    /// Returns once the main process is reaped and the group and cgroup are empty.
     async fn stop(&mut self, proc: &mut Running) -> Option<Exit> {
         let id = proc.id();
         self.set(|s| s.state = State::Stopping);
-        let signal = self.spec.stop.signal;
         let stop_started = Instant::now();
-        let mut grace = self.spec.stop.grace.0;
-        if let Some(exit) = self.shutdown_through_core(proc, grace).await {
-            process::disown(id.pid);
-            if let Some(cg) = self.cgroup.take() {
-                cg.kill_all(KILL_WAIT).await;
-                cg.remove();
-            }
-            self.save(None);
-            self.set(|s| {
-                s.state = State::Stopped;
-                s.pid = None;
-                s.rss_bytes = None;
-                s.ready = false;
-                s.last_exit = Some(exit);
-            });
-            return Some(exit);
-        }
-        // One grace period for the whole stop: signals get what Core/Shutdown left of it.
-        grace = grace.saturating_sub(stop_started.elapsed());
-        info!(pid = id.pid, signal = signal.name(), ?grace, "stopping");
-        if let Err(e) = process::signal_group(id.pid, process::signal_of(signal)) {
-            warn!("sending {} to group {}: {e}", signal.name(), id.pid);
-        }
-        let deadline = Instant::now() + grace;
-        let exited = tokio::time::timeout(grace, proc.wait()).await.ok();
-        let rest = deadline.saturating_duration_since(Instant::now());
-        let group_gone = process::wait_group_empty(id.pid, rest).await;
-        let exit = if exited.is_some() && group_gone {
-            exited
-        } else {
-            warn!(pid = id.pid, "still running after the grace period; sending SIGKILL to the group");
-            let _ = process::signal_group(id.pid, Signal::KILL);
-            let e = match exited {
-                Some(e) => Some(e),
-                None => tokio::time::timeout(KILL_WAIT, proc.wait()).await.ok(),
-            };
-            if !process::wait_group_empty(id.pid, KILL_WAIT).await {
-                warn!(pid = id.pid, "group still has processes {KILL_WAIT:?} after SIGKILL");
-            }
-            e
+        let grace = self.spec.stop.grace.0;
+        let exit = match self.shutdown_through_core(proc, grace).await {
+            Some(exit) => Some(exit),
+            // One grace period for the whole stop: signals get what Core/Shutdown left of it.
+            None => self.stop_with_signals(proc, grace.saturating_sub(stop_started.elapsed())).await,
         };
         process::disown(id.pid);
         if let Some(cg) = self.cgroup.take() {
@@ -783,6 +749,33 @@ impl Actor {
             s.ready = false;
             s.last_exit = exit;
         });
+        exit
+    }
+
+    /// The configured signal to the whole group, then SIGKILL after `grace`; returns the main
+    /// process's exit once it is reaped and the group is empty (or waiting stopped making sense).
+    async fn stop_with_signals(&self, proc: &mut Running, grace: Duration) -> Option<Exit> {
+        let id = proc.id();
+        let signal = self.spec.stop.signal;
+        info!(pid = id.pid, signal = signal.name(), ?grace, "stopping");
+        if let Err(e) = process::signal_group(id.pid, process::signal_of(signal)) {
+            warn!("sending {} to group {}: {e}", signal.name(), id.pid);
+        }
+        let deadline = Instant::now() + grace;
+        let exited = tokio::time::timeout(grace, proc.wait()).await.ok();
+        let rest = deadline.saturating_duration_since(Instant::now());
+        if exited.is_some() && process::wait_group_empty(id.pid, rest).await {
+            return exited;
+        }
+        warn!(pid = id.pid, "still running after the grace period; sending SIGKILL to the group");
+        let _ = process::signal_group(id.pid, Signal::KILL);
+        let exit = match exited {
+            Some(e) => Some(e),
+            None => tokio::time::timeout(KILL_WAIT, proc.wait()).await.ok(),
+        };
+        if !process::wait_group_empty(id.pid, KILL_WAIT).await {
+            warn!(pid = id.pid, "group still has processes {KILL_WAIT:?} after SIGKILL");
+        }
         exit
     }
 }
