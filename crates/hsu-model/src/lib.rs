@@ -3,6 +3,7 @@
 //! nothing async, so that its rules can be tested on plain values.
 
 pub mod codec;
+pub mod deploy;
 pub mod duration;
 pub mod expand;
 pub mod id;

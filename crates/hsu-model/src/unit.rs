@@ -27,6 +27,9 @@ pub struct UnitsFile {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitSpec {
+    /// Required in a units file (checked by [`parse_units`]); a deployment's template has none
+    /// (each instance gets its own).
+    #[serde(default, skip_serializing_if = "UnitName::is_empty")]
     pub name: UnitName,
     #[serde(default)]
     pub kind: UnitKind,
@@ -396,7 +399,7 @@ pub enum Attach {
 
 /// A unit name: 1-63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit (a
 /// DNS label, as Kubernetes names are), so it is safe in paths, cgroup names and env names.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct UnitName(String);
 
@@ -416,6 +419,11 @@ impl UnitName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Only a template's name is empty (an instance gets its own).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -848,93 +856,94 @@ pub fn parse_units(yaml: &str) -> Result<UnitsFile, SpecError> {
     }
     // Units come back in file order from both passes, so they pair up by position.
     for (u, n) in file.units.iter().zip(&names.units) {
-        let line = n.name.referenced.line();
-        let name = u.name.as_str();
-        match u.kind {
-            UnitKind::Managed | UnitKind::Integrated => {
-                if u.command.is_none() {
-                    return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: missing field `command` (a {} unit runs a command)",
-                        u.kind.as_str()
-                    )));
-                }
-                let unmanaged_only = [
-                    ("attach", u.attach.is_some()),
-                    ("signal_allowed", u.signal_allowed),
-                    ("start_command", u.start_command.is_some()),
-                    ("stop_command", u.stop_command.is_some()),
-                ];
-                if let Some((field, _)) = unmanaged_only.iter().find(|(_, set)| *set) {
-                    return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: `{field}` is for unmanaged units; this one is {}",
-                        u.kind.as_str()
-                    )));
-                }
-            }
-            UnitKind::Unmanaged => {
-                if u.attach.is_none() {
-                    return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: missing field `attach` (pid_file, process or port): how to find the process"
-                    )));
-                }
-                if u.command.is_some() {
-                    return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: an unmanaged unit has no `command`; `start_command` starts it"
-                    )));
-                }
-                let managed_only = [
-                    ("startup", u.startup.is_some()),
-                    ("liveness", u.liveness.is_some()),
-                    ("readiness", u.readiness.is_some()),
-                    ("limits", u.limits != Limits::default()),
-                    ("user", u.user.is_some()),
-                    ("group", u.group.is_some()),
-                    ("ports", !u.ports.is_empty()),
-                ];
-                if let Some((field, _)) = managed_only.iter().find(|(_, set)| *set) {
-                    return Err(SpecError(format!(
-                        "line {line}: unit {name:?}: `{field}` is not supported for unmanaged units (the agent did not start the process)"
-                    )));
-                }
-            }
-        }
-        let mut port_names = BTreeMap::new();
-        for p in &u.ports {
-            if port_names.insert(p.env_name(), ()).is_some() {
-                return Err(SpecError(format!("unit {}: port {:?} is listed twice", u.name, p.name.as_str())));
-            }
-        }
-        // `${HSU_...}` in a command must be a variable the agent sets for this unit: a typo
-        // would otherwise only show when the unit starts.
-        let mut provided: Vec<String> = vec!["HSU_UNIT".into()];
-        provided.extend(u.ports.iter().map(PortSpec::env_name));
-        if u.kind == UnitKind::Integrated {
-            provided.push("HSU_CORE_ADDR".into());
-        }
-        let argvs = [&u.command, &u.start_command, &u.stop_command];
-        for arg in argvs.into_iter().flatten().flat_map(|c| c.0.iter()) {
-            let refs =
-                crate::expand::references(arg).map_err(|e| SpecError(format!("line {line}: unit {name:?}: {e}")))?;
-            if let Some(bad) = refs.iter().find(|r| r.starts_with("HSU_") && !provided.contains(r)) {
+        validate_unit(u, &format!("line {}: unit {:?}", n.name.referenced.line(), u.name.as_str()))?;
+    }
+    Ok(file)
+}
+
+/// The checks of one unit that span several fields (each field checks itself while parsed).
+/// `at` says where the unit is, e.g. `line 4: unit "web"`; every message starts with it.
+pub fn validate_unit(u: &UnitSpec, at: &str) -> Result<(), SpecError> {
+    match u.kind {
+        UnitKind::Managed | UnitKind::Integrated => {
+            if u.command.is_none() {
                 return Err(SpecError(format!(
-                    "line {line}: unit {name:?}: the command uses ${{{bad}}}, which the agent does not set for this unit (it sets {})",
-                    provided.join(", ")
+                    "{at}: missing field `command` (a {} unit runs a command)",
+                    u.kind.as_str()
+                )));
+            }
+            let unmanaged_only = [
+                ("attach", u.attach.is_some()),
+                ("signal_allowed", u.signal_allowed),
+                ("start_command", u.start_command.is_some()),
+                ("stop_command", u.stop_command.is_some()),
+            ];
+            if let Some((field, _)) = unmanaged_only.iter().find(|(_, set)| *set) {
+                return Err(SpecError(format!(
+                    "{at}: `{field}` is for unmanaged units; this one is {}",
+                    u.kind.as_str()
                 )));
             }
         }
-        for (which, probe) in [("startup", &u.startup), ("liveness", &u.liveness), ("readiness", &u.readiness)] {
-            if let Some(PortRef::Named(n)) = probe.as_ref().and_then(Probe::port) {
-                if !u.ports.iter().any(|p| p.name == *n) {
-                    return Err(SpecError(format!(
-                        "unit {}: {which} probe uses port {:?}, which is not among the unit's ports",
-                        u.name,
-                        n.as_str()
-                    )));
-                }
+        UnitKind::Unmanaged => {
+            if u.attach.is_none() {
+                return Err(SpecError(format!(
+                    "{at}: missing field `attach` (pid_file, process or port): how to find the process"
+                )));
+            }
+            if u.command.is_some() {
+                return Err(SpecError(format!("{at}: an unmanaged unit has no `command`; `start_command` starts it")));
+            }
+            let managed_only = [
+                ("startup", u.startup.is_some()),
+                ("liveness", u.liveness.is_some()),
+                ("readiness", u.readiness.is_some()),
+                ("limits", u.limits != Limits::default()),
+                ("user", u.user.is_some()),
+                ("group", u.group.is_some()),
+                ("ports", !u.ports.is_empty()),
+            ];
+            if let Some((field, _)) = managed_only.iter().find(|(_, set)| *set) {
+                return Err(SpecError(format!(
+                    "{at}: `{field}` is not supported for unmanaged units (the agent did not start the process)"
+                )));
             }
         }
     }
-    Ok(file)
+    let mut port_names = BTreeMap::new();
+    for p in &u.ports {
+        if port_names.insert(p.env_name(), ()).is_some() {
+            return Err(SpecError(format!("{at}: port {:?} is listed twice", p.name.as_str())));
+        }
+    }
+    // `${HSU_...}` in a command must be a variable the agent sets for this unit: a typo
+    // would otherwise only show when the unit starts.
+    let mut provided: Vec<String> = vec!["HSU_UNIT".into()];
+    provided.extend(u.ports.iter().map(PortSpec::env_name));
+    if u.kind == UnitKind::Integrated {
+        provided.push("HSU_CORE_ADDR".into());
+    }
+    let argvs = [&u.command, &u.start_command, &u.stop_command];
+    for arg in argvs.into_iter().flatten().flat_map(|c| c.0.iter()) {
+        let refs = crate::expand::references(arg).map_err(|e| SpecError(format!("{at}: {e}")))?;
+        if let Some(bad) = refs.iter().find(|r| r.starts_with("HSU_") && !provided.contains(r)) {
+            return Err(SpecError(format!(
+                "{at}: the command uses ${{{bad}}}, which the agent does not set for this unit (it sets {})",
+                provided.join(", ")
+            )));
+        }
+    }
+    for (which, probe) in [("startup", &u.startup), ("liveness", &u.liveness), ("readiness", &u.readiness)] {
+        if let Some(PortRef::Named(n)) = probe.as_ref().and_then(Probe::port) {
+            if !u.ports.iter().any(|p| p.name == *n) {
+                return Err(SpecError(format!(
+                    "{at}: {which} probe uses port {:?}, which is not among the unit's ports",
+                    n.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

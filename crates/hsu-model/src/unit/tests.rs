@@ -92,6 +92,7 @@ fn bad_specs_name_the_line_and_the_problem() {
             &["line 2", "`signal_allowed` is for unmanaged units"],
         ),
         ("empty command", "units:\n  - name: a\n    command: []\n", &["line 3", "command is empty"]),
+        ("no name", "units:\n  - command: [x]\n", &["line 2", "missing field `name`"]),
         (
             "duration without unit",
             "units:\n  - name: a\n    command: [x]\n    stop: {grace: 5}\n",
