@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod duration;
 pub mod expand;
 pub mod id;
+pub mod state;
 pub mod unit;
 
 pub use codec::{decode_record, encode_record, CodecError};

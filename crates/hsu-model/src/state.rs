@@ -1,0 +1,253 @@
+//! The cluster state that deployments live in: what the store keeps (deployments, revisions,
+//! instances, with their keys) and what nodes report to the master in their heartbeats (kept in
+//! the master's memory, never written through Raft).
+//!
+//! Specs are kept as JSON inside the binary records ([`Json`]): the unit spec's fields accept
+//! several shapes (`cpu: 0.5` or `500m`), which needs a self-describing encoding.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::deploy::{DeploymentSpec, JobSpec, Resources};
+use crate::unit::UnitSpec;
+use crate::NodeId;
+
+pub const DEPLOYMENTS: &str = "/deployments/";
+pub const REVISIONS: &str = "/revisions/";
+pub const INSTANCES: &str = "/instances/";
+pub const JOBS: &str = "/jobs/";
+
+pub fn deployment_key(namespace: &str, name: &str) -> String {
+    format!("{DEPLOYMENTS}{namespace}/{name}")
+}
+
+/// Revisions of one deployment sort by number under [`revisions_prefix`].
+pub fn revision_key(namespace: &str, name: &str, number: u64) -> String {
+    format!("{}{number:010}", revisions_prefix(namespace, name))
+}
+
+pub fn revisions_prefix(namespace: &str, name: &str) -> String {
+    format!("{REVISIONS}{namespace}/{name}/")
+}
+
+/// Instances are keyed by node, so that a node watches exactly its own.
+pub fn instance_key(node: NodeId, id: &str) -> String {
+    format!("{}{id}", node_instances_prefix(node))
+}
+
+pub fn node_instances_prefix(node: NodeId) -> String {
+    format!("{INSTANCES}{node:020}/")
+}
+
+pub fn job_key(namespace: &str, name: &str) -> String {
+    format!("{JOBS}{namespace}/{name}")
+}
+
+/// A value kept as JSON text inside a binary record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> Serialize for Json<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(&self.0).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de, T: de::DeserializeOwned> Deserialize<'de> for Json<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map(Json).map_err(de::Error::custom)
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Moving instances to the current revision.
+    Progressing,
+    /// Every instance runs the current revision and is available.
+    Complete,
+    /// No progress within the deadline; instances stay as they are.
+    Failed,
+    /// No progress within the deadline, and the deployment went back to its last complete
+    /// revision (`rolled_back_from` says from which).
+    RollingBack,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Progressing => "Progressing",
+            Phase::Complete => "Complete",
+            Phase::Failed => "Failed",
+            Phase::RollingBack => "RollingBack",
+        })
+    }
+}
+
+/// One line of a deployment's history, for `hsu describe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// Events kept per deployment (the oldest go first).
+pub const MAX_EVENTS: usize = 30;
+
+/// `/deployments/<ns>/<name>`: the applied spec and the rollout's state. The controller and
+/// `hsu apply` both write it, always with a compare on its mod revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: Json<DeploymentSpec>,
+    /// Bumped by every apply that changes the spec.
+    pub generation: u64,
+    /// The revision instances are moving to (its template is `spec.template`).
+    pub revision: u64,
+    /// The last revision that was completely rolled out (0: none yet).
+    pub stable_revision: u64,
+    /// The number the next new revision gets.
+    pub next_revision: u64,
+    pub phase: Phase,
+    /// Set when an automatic rollback left this revision.
+    pub rolled_back_from: Option<u64>,
+    /// Paused by `hsu rollout pause` (or after a canary step); `spec.paused` pauses too.
+    pub paused: bool,
+    /// Canary step done for `revision`: go on with the rest (set by `hsu rollout resume`).
+    pub canary_passed: bool,
+    /// When the rollout last made progress (Unix ms); the deadline counts from here.
+    pub progress_ms: u64,
+    /// What "progress" was last measured as: (instances of `revision`, of them available,
+    /// instances of other revisions). A change of it is progress.
+    pub progress_mark: (u32, u32, u32),
+    /// Why instances could not be placed, if some could not.
+    pub unplaced: Option<String>,
+    pub events: Vec<Event>,
+    pub created_ms: u64,
+}
+
+impl DeploymentRecord {
+    pub fn push_event(&mut self, at_ms: u64, message: String) {
+        if self.events.last().is_some_and(|e| e.message == message) {
+            return;
+        }
+        self.events.push(Event { at_ms, message });
+        if self.events.len() > MAX_EVENTS {
+            self.events.remove(0);
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused || self.spec.0.paused
+    }
+}
+
+/// `/revisions/<ns>/<name>/<number>`: one immutable template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    pub number: u64,
+    pub template: Json<UnitSpec>,
+    pub resources: Resources,
+    pub created_ms: u64,
+}
+
+/// What the node should do with an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Desired {
+    Run,
+    /// Out of the registry view; the node stops it, then the controller deletes the record.
+    Stop,
+}
+
+/// `/instances/<node>/<id>`: one scheduled copy of a revision (or one run of a job).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Also the unit's name on the node: `<deployment>-<6 characters>`.
+    pub id: String,
+    pub namespace: String,
+    /// The deployment (or job) it belongs to.
+    pub owner: String,
+    pub owner_kind: OwnerKind,
+    pub revision: u64,
+    pub node: NodeId,
+    /// The unit the node runs, named `id`.
+    pub unit: Json<UnitSpec>,
+    pub resources: Resources,
+    pub desired: Desired,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerKind {
+    Deployment,
+    Job,
+}
+
+/// `/jobs/<ns>/<name>`: an applied job and its runs so far.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub namespace: String,
+    pub name: String,
+    pub spec: Json<JobSpec>,
+    pub generation: u64,
+    /// Dispatches so far; each asks for `completions` successful runs.
+    pub dispatches: u64,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub phase: JobPhase,
+    pub unplaced: Option<String>,
+    pub events: Vec<Event>,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    /// Nothing to run (a dispatch-only job that was not dispatched, or all runs done).
+    Idle,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// What a node tells the master, about once a second and at once when something changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: NodeId,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// What the scheduler may hand out on this node.
+    pub capacity: Capacity,
+    /// Every instance the node's agent has, desired or not (one being stopped, say).
+    pub instances: Vec<InstanceReport>,
+    /// The store revision of the instance records the node has acted on.
+    pub seen_revision: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// One instance as its node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: String,
+    /// The agent's state: starting, running, backoff, exited, failed, stopping, stopped.
+    pub state: String,
+    pub ready: bool,
+    /// For how long it has been ready (0 when not ready), at the time of the report.
+    pub ready_for_ms: u64,
+    pub restarts: u32,
+    /// The last exit code, if it exited; `None` also when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// It exited and stays down (a job's run that finished).
+    pub finished: bool,
+    pub message: Option<String>,
+}
