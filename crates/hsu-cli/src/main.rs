@@ -3,6 +3,7 @@
 //! this file parses arguments and prints answers. Errors go to
 //! stderr with exit code 1 (2 for bad usage).
 
+mod deploy;
 mod output;
 
 use std::net::SocketAddr;
@@ -50,6 +51,101 @@ enum Command {
     /// Read and write the cluster's key-value store.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Apply deployments from YAML files (all documents, or none when one is invalid).
+    Apply {
+        /// A file, or a directory of *.yaml/*.yml files; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Check and say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List deployments, instances or nodes.
+    Get {
+        #[arg(value_enum)]
+        what: GetWhat,
+        /// One deployment (for instances: the deployment's instances).
+        name: Option<String>,
+        /// Namespace (default: every namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// A deployment in detail: revisions, events, instances and placement problems.
+    Describe {
+        #[arg(value_enum)]
+        what: DescribeWhat,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a deployment; its instances are stopped.
+    Delete {
+        #[arg(value_enum)]
+        what: DescribeWhat,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Follow and steer rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GetWhat {
+    #[value(alias = "deployment", alias = "deploy")]
+    Deployments,
+    #[value(alias = "instance", alias = "inst")]
+    Instances,
+    #[value(alias = "node")]
+    Nodes,
+    #[value(alias = "job")]
+    Jobs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DescribeWhat {
+    #[value(alias = "deployments", alias = "deploy")]
+    Deployment,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Follow the rollout until it completes (exit 0) or fails or is rolled back (exit 1).
+    Status {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Give up after this long (exit 1).
+        #[arg(long, value_parser = duration, default_value = "10m")]
+        timeout: Duration,
+    },
+    /// The kept revisions.
+    History {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Go back to the previous revision, or to --to-revision.
+    Undo {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Take no more rollout steps until resumed.
+    Pause {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Go on with a paused rollout (also after a canary step).
+    Resume {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,11 +158,26 @@ struct Timing {
     /// 2T, so a follower campaigns after 3T-4T without hearing from a leader.
     #[arg(long, value_parser = duration, default_value = "250ms")]
     election_timeout: Duration,
+    /// A label of this node for node selectors and constraints: KEY=VALUE, repeatable.
+    #[arg(long = "label", value_parser = label)]
+    labels: Vec<(String, String)>,
+    /// A node that has not reported to the master for this long is down and its instances are
+    /// placed elsewhere.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    node_grace: Duration,
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
+    hsu_model::deploy::LabelKey::new(k)?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 impl Timing {
     fn tuning(&self) -> Tuning {
         Tuning {
+            labels: self.labels.iter().cloned().collect(),
+            node_grace: self.node_grace,
             heartbeat_interval: self.heartbeat,
             election_timeout_min: self.election_timeout,
             election_timeout_max: self.election_timeout * 2,
@@ -355,6 +466,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             foreground(node).await
         }
         Command::Agent(cmd) => agent_command(cmd, cli.output).await,
+        command @ (Command::Apply { .. }
+        | Command::Get { what: GetWhat::Deployments | GetWhat::Instances | GetWhat::Jobs, .. }
+        | Command::Describe { .. }
+        | Command::Delete { .. }
+        | Command::Rollout(_)) => {
+            deploy::command(&load_config(&cli.config)?, cli.endpoint.as_deref(), cli.output, command).await
+        }
         command => client_command(&cli.config, cli.endpoint.as_deref(), cli.output, command).await,
     }
 }
@@ -569,7 +687,7 @@ async fn client_command(
                 head + &table(&["ID", "NAME", "ROLE", "ADDRESS", "API", "HEALTH", "MATCHED"], rows)
             })
         }
-        Command::Node(NodeCommand::List) => {
+        Command::Node(NodeCommand::List) | Command::Get { what: GetWhat::Nodes, .. } => {
             let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.map_err(status)?.into_inner().nodes;
             let value: Vec<_> = nodes
                 .iter()
@@ -757,6 +875,12 @@ async fn client_command(
             }
             Ok(())
         }
-        Command::Node(_) | Command::Agent(_) => unreachable!("node and agent commands are handled before"),
+        Command::Node(_)
+        | Command::Agent(_)
+        | Command::Apply { .. }
+        | Command::Get { .. }
+        | Command::Describe { .. }
+        | Command::Delete { .. }
+        | Command::Rollout(_) => unreachable!("handled before"),
     }
 }

@@ -8,5 +8,6 @@
 //! its own between steps (level-triggered), so a new master picks up any rollout exactly where
 //! the old one left it.
 
+pub mod controller;
 pub mod rollout;
 pub mod scheduler;

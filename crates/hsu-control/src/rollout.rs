@@ -194,6 +194,7 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
                     ),
                 );
                 next.rolled_back_from = Some(rec.revision);
+                next.failure = Some(format!("rollout of revision {} failed: {why}", rec.revision));
                 next.revision = rec.stable_revision;
                 next.spec.0.template = s.template.clone();
                 next.spec.0.resources = s.resources;
@@ -202,7 +203,9 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
                 next.canary_passed = true;
             }
             _ => {
-                next.push_event(now_ms, format!("rollout of revision {} failed: {why}", rec.revision));
+                let failure = format!("rollout of revision {} failed: {why}", rec.revision);
+                next.push_event(now_ms, failure.clone());
+                next.failure = Some(failure);
                 next.phase = Phase::Failed;
             }
         }
@@ -248,6 +251,7 @@ pub fn apply(
             next_revision: 2,
             phase: Phase::Progressing,
             rolled_back_from: None,
+            failure: None,
             paused: false,
             canary_passed: false,
             progress_ms: now_ms,
@@ -287,6 +291,7 @@ pub fn apply(
         record.revision = number;
         record.phase = Phase::Progressing;
         record.rolled_back_from = None;
+        record.failure = None;
         record.canary_passed = false;
         record.progress_ms = now_ms;
         record.push_event(now_ms, format!("rolling out revision {number} (generation {})", record.generation));
@@ -337,6 +342,7 @@ pub fn undo(
     next.generation += 1;
     next.phase = Phase::Progressing;
     next.rolled_back_from = None;
+    next.failure = None;
     next.canary_passed = false;
     next.progress_ms = now_ms;
     next.push_event(now_ms, format!("undo: rolling back from revision {} to {}", rec.revision, target.number));

@@ -117,6 +117,8 @@ pub struct DeploymentRecord {
     pub phase: Phase,
     /// Set when an automatic rollback left this revision.
     pub rolled_back_from: Option<u64>,
+    /// Why the last rollout failed (cleared by the next apply or undo).
+    pub failure: Option<String>,
     /// Paused by `hsu rollout pause` (or after a canary step); `spec.paused` pauses too.
     pub paused: bool,
     /// Canary step done for `revision`: go on with the rest (set by `hsu rollout resume`).

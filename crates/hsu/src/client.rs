@@ -5,6 +5,7 @@ use std::path::Path;
 
 use hsu_net::pki::{write_private, API_SERVER_NAME};
 use hsu_proto::v1::cluster_client::ClusterClient;
+use hsu_proto::v1::deployments_client::DeploymentsClient;
 use hsu_proto::v1::kv_client::KvClient;
 use serde::{Deserialize, Serialize};
 use tonic::service::interceptor::InterceptedService;
@@ -76,8 +77,21 @@ impl tonic::service::Interceptor for Bearer {
 pub type Cluster = ClusterClient<InterceptedService<Channel, Bearer>>;
 pub type Kv = KvClient<InterceptedService<Channel, Bearer>>;
 
+pub type Deployments = DeploymentsClient<InterceptedService<Channel, Bearer>>;
+
 /// Connects to `endpoint` (or the config's) and returns the two service clients.
 pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Cluster, Kv), NodeError> {
+    let (channel, bearer) = connect_channel(cfg, endpoint).await?;
+    Ok((ClusterClient::with_interceptor(channel.clone(), bearer.clone()), KvClient::with_interceptor(channel, bearer)))
+}
+
+/// Connects to `endpoint` (or the config's) for `hsu.v1.Deployments`.
+pub async fn connect_deployments(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<Deployments, NodeError> {
+    let (channel, bearer) = connect_channel(cfg, endpoint).await?;
+    Ok(DeploymentsClient::with_interceptor(channel, bearer))
+}
+
+async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Channel, Bearer), NodeError> {
     let endpoint = endpoint.unwrap_or(&cfg.endpoint);
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cfg.ca)).domain_name(API_SERVER_NAME);
     if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
@@ -90,8 +104,7 @@ pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Clus
         ),
         None => None,
     };
-    let bearer = Bearer(bearer);
-    Ok((ClusterClient::with_interceptor(channel.clone(), bearer.clone()), KvClient::with_interceptor(channel, bearer)))
+    Ok((channel, Bearer(bearer)))
 }
 
 pub(crate) async fn channel(endpoint: &str, tls: ClientTlsConfig) -> Result<Channel, NodeError> {

@@ -55,6 +55,11 @@ impl DataDir {
         &self.root
     }
 
+    /// The agent's records and the units' files.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.join("agent")
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.root.join("store")
     }

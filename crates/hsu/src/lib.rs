@@ -6,10 +6,12 @@ pub mod api;
 pub mod bootstrap;
 pub mod client;
 pub mod datadir;
+pub mod deployments;
 pub mod error;
 pub mod node;
 pub mod peer;
 pub mod records;
+mod units;
 
 pub use error::NodeError;
 pub use node::{ClusterStatus, MemberStatus, Node, Tuning};

@@ -29,9 +29,14 @@ use crate::peer::{
 };
 use crate::records::{self, ApiRole, CaRecord, NodeRecord, TokenEntry, TokenKind};
 
-/// Timings of a node; the defaults suit a LAN.
+/// Timings and options of a node; the defaults suit a LAN.
 #[derive(Clone, Debug)]
 pub struct Tuning {
+    /// Labels the scheduler matches node selectors and constraints against.
+    pub labels: BTreeMap<String, String>,
+    /// A node that has not reported to the master for this long is down; its instances are
+    /// placed elsewhere.
+    pub node_grace: Duration,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -44,6 +49,8 @@ impl Default for Tuning {
     fn default() -> Self {
         let store = StoreConfig::new(0, "");
         Tuning {
+            labels: BTreeMap::new(),
+            node_grace: hsu_control::controller::ControllerConfig::default().node_grace,
             heartbeat_interval: store.heartbeat_interval,
             election_timeout_min: store.election_timeout_min,
             election_timeout_max: store.election_timeout_max,
@@ -88,6 +95,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// Raft allows one membership change at a time; the leader queues its own here.
     membership: tokio::sync::Mutex<()>,
+    /// The nodes' last reports, while this node leads.
+    reports: Arc<hsu_control::controller::Reports>,
 }
 
 /// A running node. Cloning gives another handle on the same node.
@@ -143,10 +152,24 @@ impl Node {
                 tuning,
                 stop: watch::channel(false).0,
                 membership: tokio::sync::Mutex::new(()),
+                reports: Arc::default(),
             }),
         };
         let _ = node_cell.set(node.clone());
         crate::api::spawn(node.clone(), ca_der, is_revoked)?;
+        let config = hsu_control::controller::ControllerConfig {
+            node_grace: node.inner.tuning.node_grace,
+            ..Default::default()
+        };
+        let stopping = node.clone();
+        tokio::spawn(hsu_control::controller::run(
+            node.store().clone(),
+            node.inner.reports.clone(),
+            config,
+            async move { stopping.stopped().await },
+        ));
+        crate::units::spawn(node.clone(), dir.agent_dir(), node.inner.tuning.labels.clone())
+            .map_err(NodeError::Config)?;
         Ok(node)
     }
 
@@ -164,6 +187,15 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.inner.tuning
+    }
+
+    /// The nodes' last reports (filled while this node leads).
+    pub fn reports(&self) -> &hsu_control::controller::Reports {
+        &self.inner.reports
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -376,6 +408,15 @@ impl Node {
                 Ok(PeerReply::Done)
             }
             PeerRequest::Health => Ok(PeerReply::Health(self.health_as_leader()?)),
+            PeerRequest::Reports => {
+                self.must_lead()?;
+                Ok(PeerReply::Reports(self.reports_as_leader()))
+            }
+            PeerRequest::Report(report) => {
+                self.must_lead()?;
+                self.inner.reports.record(*report);
+                Ok(PeerReply::Done)
+            }
         }
     }
 

@@ -33,19 +33,36 @@ pub fn node_server_name(id: NodeId) -> String {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     Propose(Request),
-    Range { range: KeyRange, limit: u64 },
+    Range {
+        range: KeyRange,
+        limit: u64,
+    },
     KeepAlive(LeaseId),
     Join(JoinTicket),
-    AddMember { id: NodeId, role: RoleWish, target_voters: u32 },
-    RemoveMember { id: NodeId, revoke: bool },
-    UpdateAddress { id: NodeId, member: Member },
+    AddMember {
+        id: NodeId,
+        role: RoleWish,
+        target_voters: u32,
+    },
+    RemoveMember {
+        id: NodeId,
+        revoke: bool,
+    },
+    UpdateAddress {
+        id: NodeId,
+        member: Member,
+    },
     Health,
+    /// A node's heartbeat with the state of its instances (kept in the leader's memory).
+    Report(Box<hsu_model::state::NodeReport>),
+    /// The leader's reports of every node, for views of instances.
+    Reports,
 }
 
 impl PeerRequest {
     /// Reads: safe to send again, or to another leader, when the outcome of a call is unknown.
     pub fn is_idempotent(&self) -> bool {
-        matches!(self, PeerRequest::Range { .. } | PeerRequest::Health)
+        matches!(self, PeerRequest::Range { .. } | PeerRequest::Health | PeerRequest::Report(_) | PeerRequest::Reports)
     }
 }
 
@@ -105,6 +122,7 @@ pub enum PeerReply {
     Role(String),
     Done,
     Health(HealthView),
+    Reports(crate::deployments::ReportsView),
 }
 
 /// Keeps the CA key out of `Debug` output.

@@ -1,4 +1,4 @@
-//! The public gRPC API: `hsu.v1.Cluster` and `hsu.v1.KV`, plus `grpc.health.v1` and server
+//! The public gRPC API: `hsu.v1.Cluster`, `hsu.v1.KV` and `hsu.v1.Deployments`, plus `grpc.health.v1` and server
 //! reflection, over TCP with TLS. Clients authenticate with a certificate of the cluster CA
 //! (the admin credential) or a bearer API token; the TLS layer refuses revoked node certificates
 //! at the handshake, the services check roles per call ([`auth`]).
@@ -6,6 +6,7 @@
 pub mod auth;
 mod cluster;
 pub mod convert;
+mod deploy;
 mod kv;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use hsu_net::pki::{self, RevocationCheck};
 use hsu_proto::v1::cluster_server::ClusterServer;
+use hsu_proto::v1::deployments_server::DeploymentsServer;
 use hsu_proto::v1::kv_server::KvServer;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -75,6 +77,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("hsu.v1.Cluster")
             .with_service_name("hsu.v1.KV")
+            .with_service_name("hsu.v1.Deployments")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder().build_v1().map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
@@ -86,11 +89,15 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
     let kv = KvServer::new(kv::KvApi { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let deployments = DeploymentsServer::new(deploy::DeploymentsApi { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let serve_node = node.clone();
     tokio::spawn(
         async move {
             health_reporter.set_serving::<ClusterServer<cluster::ClusterApi>>().await;
             health_reporter.set_serving::<KvServer<kv::KvApi>>().await;
+            health_reporter.set_serving::<DeploymentsServer<deploy::DeploymentsApi>>().await;
             let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
             let result = tonic::transport::Server::builder()
                 .add_service(health)
@@ -98,6 +105,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
                 .add_service(reflection_v1alpha)
                 .add_service(cluster)
                 .add_service(kv)
+                .add_service(deployments)
                 .serve_with_incoming_shutdown(incoming, serve_node.stopped())
                 .await;
             if let Err(e) = result {

@@ -38,6 +38,7 @@ pub fn tuning() -> Tuning {
         election_timeout_max: Duration::from_millis(800),
         request_timeout: Duration::from_secs(3),
         membership_timeout: Duration::from_secs(20),
+        ..Tuning::default()
     }
 }
 

@@ -1,0 +1,321 @@
+//! `hsu apply|get|describe|delete|rollout`: thin calls of `hsu.v1.Deployments`, printed the way
+//! kubectl prints them.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use hsu::client::{self, ClientConfig};
+use hsu_proto::v1 as pb;
+use serde_json::json;
+
+use crate::output::{print, table, Format};
+use crate::{status, Command, DescribeWhat, GetWhat, RolloutCommand};
+
+/// Reads FILE, or every *.yaml/*.yml of a directory (sorted), as (name, text).
+fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut files: Vec<PathBuf> = if p.is_dir() {
+            std::fs::read_dir(p)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        } else {
+            vec![p.clone()]
+        };
+        files.sort();
+        if files.is_empty() {
+            bail!("{}: no *.yaml or *.yml files in this directory", p.display());
+        }
+        for f in files {
+            let content = std::fs::read_to_string(&f).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            out.push(pb::SourceFile { name: display(&f), content });
+        }
+    }
+    Ok(out)
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn deployment_json(d: &pb::DeploymentInfo) -> serde_json::Value {
+    json!({
+        "namespace": d.namespace, "name": d.name, "replicas": d.replicas, "ready": d.ready,
+        "up_to_date": d.up_to_date, "available": d.available, "total": d.total,
+        "revision": d.revision, "stable_revision": d.stable_revision, "phase": d.phase,
+        "paused": d.paused, "generation": d.generation,
+        "rolled_back_from": (d.rolled_back_from != 0).then_some(d.rolled_back_from),
+        "unplaced": (!d.unplaced.is_empty()).then_some(&d.unplaced), "message": d.message,
+        "failure": (!d.failure.is_empty()).then_some(&d.failure),
+    })
+}
+
+fn instance_json(i: &pb::InstanceInfo) -> serde_json::Value {
+    json!({
+        "name": i.name, "namespace": i.namespace, "deployment": i.deployment, "revision": i.revision,
+        "node": i.node, "node_id": i.node_id, "state": i.state, "ready": i.ready, "desired": i.desired,
+        "restarts": i.restarts, "message": (!i.message.is_empty()).then_some(&i.message),
+    })
+}
+
+fn instances_table(list: &[pb::InstanceInfo]) -> String {
+    let rows = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.deployment.clone(),
+                i.revision.to_string(),
+                i.node.clone(),
+                i.state.clone(),
+                if i.ready { "yes" } else { "no" }.into(),
+                i.restarts.to_string(),
+                i.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "DEPLOYMENT", "REVISION", "NODE", "STATE", "READY", "RESTARTS", "MESSAGE"], rows)
+}
+
+pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, command: Command) -> anyhow::Result<()> {
+    let mut api = client::connect_deployments(cfg, endpoint).await?;
+    match command {
+        Command::Apply { files, dry_run } => {
+            let sources = read_sources(&files)?;
+            let r = api.apply(pb::ApplyRequest { files: sources, dry_run }).await.map_err(status)?.into_inner();
+            let value: Vec<_> = r
+                .objects
+                .iter()
+                .map(|o| json!({"kind": o.kind, "namespace": o.namespace, "name": o.name, "result": o.result, "revision": o.revision}))
+                .collect();
+            print(out, &value, |_| {
+                r.objects
+                    .iter()
+                    .map(|o| {
+                        let dry = if dry_run { " (dry run)" } else { "" };
+                        format!(
+                            "{}/{}/{} {}{dry} (revision {})\n",
+                            o.kind.to_lowercase(),
+                            o.namespace,
+                            o.name,
+                            o.result,
+                            o.revision
+                        )
+                    })
+                    .collect()
+            })
+        }
+        Command::Get { what: GetWhat::Deployments, name, namespace } => {
+            let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
+            let list = api.list_deployments(req).await.map_err(status)?.into_inner().deployments;
+            let value: Vec<_> = list.iter().map(deployment_json).collect();
+            print(out, &value, |_| {
+                let rows = list
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.namespace.clone(),
+                            d.name.clone(),
+                            format!("{}/{}", d.ready, d.replicas),
+                            d.up_to_date.to_string(),
+                            d.available.to_string(),
+                            d.revision.to_string(),
+                            if d.paused { format!("{} (paused)", d.phase) } else { d.phase.clone() },
+                        ]
+                    })
+                    .collect();
+                table(&["NAMESPACE", "NAME", "READY", "UP-TO-DATE", "AVAILABLE", "REVISION", "PHASE"], rows)
+            })
+        }
+        Command::Get { what: GetWhat::Instances, name, namespace } => {
+            let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
+            let list = api.list_instances(req).await.map_err(status)?.into_inner().instances;
+            let value: Vec<_> = list.iter().map(instance_json).collect();
+            print(out, &value, |_| instances_table(&list))
+        }
+        Command::Get { what: GetWhat::Jobs, .. } => {
+            bail!("jobs are not supported by this version yet")
+        }
+        Command::Describe { what: DescribeWhat::Deployment, name, namespace } => {
+            let d = api.describe(pb::NameRequest { namespace, name }).await.map_err(status)?.into_inner();
+            let info = d.deployment.clone().unwrap_or_default();
+            let value = json!({
+                "deployment": deployment_json(&info),
+                "revisions": d.revisions.iter().map(|r| json!({"revision": r.number, "created_ms": r.created_ms, "command": r.command, "current": r.current})).collect::<Vec<_>>(),
+                "events": d.events.iter().map(|e| json!({"at_ms": e.at_ms, "message": e.message})).collect::<Vec<_>>(),
+                "instances": d.instances.iter().map(instance_json).collect::<Vec<_>>(),
+                "spec": serde_json::from_str::<serde_json::Value>(&d.spec_json).unwrap_or_default(),
+            });
+            print(out, &value, |_| {
+                let mut s = format!(
+                    "Name:        {}\nNamespace:   {}\nReplicas:    {} desired, {} ready, {} up-to-date, {} available, {} in total\nRevision:    {} (stable {})\nPhase:       {}{}\n",
+                    info.name,
+                    info.namespace,
+                    info.replicas,
+                    info.ready,
+                    info.up_to_date,
+                    info.available,
+                    info.total,
+                    info.revision,
+                    info.stable_revision,
+                    info.phase,
+                    if info.paused { " (paused)" } else { "" },
+                );
+                if !info.unplaced.is_empty() {
+                    s.push_str(&format!("Pending:     {}\n", info.unplaced));
+                }
+                if !info.failure.is_empty() {
+                    s.push_str(&format!("Failure:     {}\n", info.failure));
+                }
+                s.push_str("\nRevisions:\n");
+                for r in &d.revisions {
+                    s.push_str(&format!(
+                        "  {}{}  {}\n",
+                        r.number,
+                        if r.current { " (current)" } else { "" },
+                        r.command
+                    ));
+                }
+                s.push_str("\nInstances:\n");
+                s.push_str(&indent(&instances_table(&d.instances)));
+                s.push_str("\nEvents:\n");
+                for e in &d.events {
+                    s.push_str(&format!("  {}  {}\n", ago(e.at_ms), e.message));
+                }
+                s
+            })
+        }
+        Command::Delete { what: DescribeWhat::Deployment, name, namespace } => {
+            api.delete(pb::NameRequest { namespace: namespace.clone(), name: name.clone() }).await.map_err(status)?;
+            print(out, &json!({"deleted": format!("deployment/{namespace}/{name}")}), |_| {
+                format!("deployment/{namespace}/{name} deleted\n")
+            })
+        }
+        Command::Rollout(RolloutCommand::Status { name, namespace, timeout }) => {
+            rollout_status(&mut api, &namespace, &name, timeout).await
+        }
+        Command::Rollout(RolloutCommand::History { name, namespace }) => {
+            let d = api.describe(pb::NameRequest { namespace, name }).await.map_err(status)?.into_inner();
+            let value: Vec<_> = d
+                .revisions
+                .iter()
+                .map(|r| json!({"revision": r.number, "created_ms": r.created_ms, "command": r.command, "current": r.current}))
+                .collect();
+            print(out, &value, |_| {
+                let rows = d
+                    .revisions
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.number.to_string(),
+                            if r.current { "*" } else { "" }.into(),
+                            ago(r.created_ms),
+                            r.command.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["REVISION", "CURRENT", "CREATED", "COMMAND"], rows)
+            })
+        }
+        Command::Rollout(cmd) => {
+            let (name, namespace, action, to) = match cmd {
+                RolloutCommand::Undo { name, namespace, to_revision } => (name, namespace, "undo", to_revision),
+                RolloutCommand::Pause { name, namespace } => (name, namespace, "pause", None),
+                RolloutCommand::Resume { name, namespace } => (name, namespace, "resume", None),
+                RolloutCommand::Status { .. } | RolloutCommand::History { .. } => unreachable!("handled above"),
+            };
+            let req = pb::RolloutRequest { namespace, name, action: action.into(), to_revision: to.unwrap_or(0) };
+            let d = api.rollout(req).await.map_err(status)?.into_inner().deployment.unwrap_or_default();
+            print(out, &deployment_json(&d), |_| {
+                format!("deployment/{}/{}: {action} done; revision {} ({})\n", d.namespace, d.name, d.revision, d.phase)
+            })
+        }
+        _ => unreachable!("only deployment commands come here"),
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn ago(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let secs = now.saturating_sub(at_ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+/// Polls the deployment and draws a progress line until the rollout ends.
+async fn rollout_status(
+    api: &mut client::Deployments,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tty = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    loop {
+        let req = pb::ListRequest { namespace: namespace.into(), name: name.into() };
+        let list = api.list_deployments(req).await.map_err(status)?.into_inner().deployments;
+        let d = list.into_iter().next().ok_or_else(|| anyhow!("deployment {namespace}/{name} not found"))?;
+        let bar = progress_bar(d.available, d.replicas);
+        let line = format!(
+            "revision {}: {bar} {}/{} available, {} up-to-date, {} in total ({}{})",
+            d.revision,
+            d.available,
+            d.replicas,
+            d.up_to_date,
+            d.total,
+            d.phase,
+            if d.paused { ", paused" } else { "" }
+        );
+        if line != last {
+            if tty {
+                print!("\r\x1b[2K{line}");
+                let _ = std::io::stdout().flush();
+            } else {
+                println!("{line}");
+            }
+            last = line;
+        }
+        let end = |msg: String| {
+            if tty {
+                println!();
+            }
+            msg
+        };
+        match d.phase.as_str() {
+            "Complete" if d.rolled_back_from != 0 => {
+                bail!(end(format!("{}; rolled back to revision {}", d.failure, d.revision)))
+            }
+            "Complete" if d.total == d.replicas => {
+                end(String::new());
+                println!("deployment {namespace}/{name}: revision {} rolled out", d.revision);
+                return Ok(());
+            }
+            "Failed" => bail!(end(d.failure.clone())),
+            _ => {}
+        }
+        if !d.unplaced.is_empty() && tokio::time::Instant::now() >= deadline {
+            bail!(end(format!("timed out; instances cannot be placed: {}", d.unplaced)));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(end(format!("timed out after {timeout:?} waiting for the rollout of revision {}", d.revision)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn progress_bar(done: u32, of: u32) -> String {
+    const WIDTH: u32 = 20;
+    let filled = (done.min(of) * WIDTH).checked_div(of).unwrap_or(WIDTH);
+    format!("[{}{}]", "#".repeat(filled as usize), "-".repeat((WIDTH - filled) as usize))
+}

@@ -1,0 +1,354 @@
+//! The controller loop, run by every server and active only while it leads. Each pass reads the
+//! deployments, revisions and instances from the store, the nodes' last reports from
+//! [`Reports`] (memory only), runs [`rollout::step`] and [`scheduler::place`] per deployment and
+//! writes the outcome in one transaction per deployment, compared on the mod revision of every
+//! record it read for that deployment. A pass that loses a race writes nothing and the next pass
+//! starts over from the store, so nothing is kept between passes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hsu_model::state::{
+    self, DeploymentRecord, Desired, InstanceRecord, InstanceReport, Json, NodeReport, OwnerKind, RevisionRecord,
+};
+use hsu_model::{decode_record, encode_record, NodeId};
+use hsu_store::{Compare, CompareOp, CompareTarget, KeyRange, KeyValue, Op, Store, Txn};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::rollout::{self, InstanceView, Observed, Stable};
+use crate::scheduler::{self, Ask, Held, NodeView};
+
+/// The nodes' last reports, kept by the leader (heartbeats never go through Raft).
+#[derive(Default)]
+pub struct Reports {
+    inner: Mutex<BTreeMap<NodeId, (Instant, NodeReport)>>,
+    changed: Notify,
+}
+
+impl Reports {
+    pub fn record(&self, report: NodeReport) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = map.get(&report.node).is_none_or(|(_, old)| old.instances != report.instances);
+        map.insert(report.node, (Instant::now(), report));
+        drop(map);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Every node's last report and how long ago it came.
+    pub fn snapshot(&self) -> BTreeMap<NodeId, (Duration, NodeReport)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(id, (at, r))| (*id, (at.elapsed(), r.clone()))).collect()
+    }
+
+    /// Forgets everything (a node that stops leading must not trust old reports later).
+    pub fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// A node that has not reported for this long is down; its instances are replaced.
+    pub node_grace: Duration,
+    /// The longest pause between passes (changes and reports start one sooner).
+    pub interval: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig { node_grace: Duration::from_secs(10), interval: Duration::from_millis(250) }
+    }
+}
+
+/// Runs until `stop` resolves: passes while this store's member leads.
+pub async fn run(
+    store: Store,
+    reports: Arc<Reports>,
+    config: ControllerConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut metrics = store.raft().metrics();
+    loop {
+        // Wait to lead.
+        let lead = async {
+            loop {
+                let leading = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(store.id()) && m.state == openraft::ServerState::Leader
+                };
+                if leading {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        let leading = tokio::select! {
+            l = lead => l,
+            () = &mut stop => return,
+        };
+        if !leading {
+            return;
+        }
+        let term = metrics.borrow().current_term;
+        info!(term, "leading: the controllers run here");
+        reports.clear();
+        let since = Instant::now();
+        loop {
+            let still = {
+                let m = metrics.borrow();
+                m.current_leader == Some(store.id()) && m.current_term == term
+            };
+            if !still {
+                info!("no longer leading: the controllers stop here");
+                reports.clear();
+                break;
+            }
+            if let Err(e) = pass(&store, &reports, &config, since.elapsed()).await {
+                debug!("controller pass: {e}");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(config.interval) => {}
+                () = reports.changed.notified() => {}
+                _ = metrics.changed() => {}
+                () = &mut stop => return,
+            }
+        }
+    }
+}
+
+fn list<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> Vec<(KeyValue, T)> {
+    let r = store.range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
+    r.kvs
+        .into_iter()
+        .filter_map(|kv| match decode_record::<T>(&kv.value) {
+            Ok(v) => Some((kv, v)),
+            Err(e) => {
+                warn!(key = %String::from_utf8_lossy(&kv.key), "record does not decode: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+fn same(key: &[u8], revision: u64) -> Compare {
+    Compare { key: key.to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
+}
+
+fn put(key: String, value: Vec<u8>) -> Op {
+    Op::Put { key: key.into_bytes(), value, lease: 0 }
+}
+
+/// One pass over every deployment. `leading_for`: how long this node has led, so that nodes
+/// that have not reported yet are not taken for down before the grace period has passed.
+pub async fn pass(
+    store: &Store,
+    reports: &Reports,
+    config: &ControllerConfig,
+    leading_for: Duration,
+) -> Result<(), String> {
+    let now_ms = now_ms();
+    let reports = reports.snapshot();
+    let deployments: Vec<(KeyValue, DeploymentRecord)> = list(store, state::DEPLOYMENTS);
+    let instances: Vec<(KeyValue, InstanceRecord)> = list(store, state::INSTANCES);
+    let nodes: Vec<NodeView> = reports
+        .iter()
+        .map(|(id, (age, r))| NodeView {
+            id: *id,
+            name: r.name.clone(),
+            labels: r.labels.clone(),
+            capacity: r.capacity,
+            up: *age < config.node_grace,
+        })
+        .collect();
+    let observe = |i: &InstanceRecord| -> Observed {
+        match reports.get(&i.node) {
+            Some((age, _)) if *age >= config.node_grace => Observed::NodeDown,
+            Some((_, r)) => match r.instances.iter().find(|x| x.id == i.id) {
+                // Ready for as long as the node said, plus the time since it said so.
+                Some(x) if x.ready => Observed::Reported(InstanceReport {
+                    ready_for_ms: x.ready_for_ms + age_ms(reports.get(&i.node)),
+                    ..x.clone()
+                }),
+                Some(x) => Observed::Reported(x.clone()),
+                None if r.seen_revision >= i_mod(&instances, &i.id) => Observed::Absent,
+                None => Observed::Unknown,
+            },
+            None if leading_for >= config.node_grace => Observed::NodeDown,
+            None => Observed::Unknown,
+        }
+    };
+    let mut held: Vec<Held> = instances
+        .iter()
+        .map(|(_, i)| Held { node: i.node, resources: i.resources, owner: format!("{}/{}", i.namespace, i.owner) })
+        .collect();
+
+    // Owners by key, records that do not decode included: instances are orphans only when their
+    // deployment's key is gone, never because its record could not be read.
+    let owners: BTreeSet<String> = store
+        .range_local(&KeyRange::Prefix(state::DEPLOYMENTS.as_bytes().to_vec()), 0)
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key[state::DEPLOYMENTS.len()..]).into_owned())
+        .collect();
+    for (kv, rec) in &deployments {
+        let owner = format!("{}/{}", rec.namespace, rec.name);
+        let mine: Vec<&(KeyValue, InstanceRecord)> = instances
+            .iter()
+            .filter(|(_, i)| {
+                i.owner_kind == OwnerKind::Deployment && i.namespace == rec.namespace && i.owner == rec.name
+            })
+            .collect();
+        let views: Vec<InstanceView> = mine
+            .iter()
+            .map(|(_, i)| InstanceView {
+                id: i.id.clone(),
+                revision: i.revision,
+                node: i.node,
+                desired: i.desired,
+                created_ms: i.created_ms,
+                observed: observe(i),
+            })
+            .collect();
+        let revisions: Vec<(KeyValue, RevisionRecord)> =
+            list(store, &state::revisions_prefix(&rec.namespace, &rec.name));
+        let stable = revisions
+            .iter()
+            .find(|(_, r)| r.number == rec.stable_revision)
+            .map(|(_, r)| Stable { template: &r.template.0, resources: r.resources });
+        let step = rollout::step(rec, &views, stable, now_ms);
+        if step.create == 0 && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
+            continue;
+        }
+        let mut next = step.record.clone().unwrap_or_else(|| rec.clone());
+        let mut txn = Txn { compare: vec![same(&kv.key, kv.mod_revision)], ..Txn::default() };
+        for (ikv, i) in &mine {
+            if step.delete.contains(&i.id) {
+                txn.compare.push(same(&ikv.key, ikv.mod_revision));
+                txn.success.push(Op::Delete { range: KeyRange::Key(ikv.key.clone()) });
+            } else if step.stop.contains(&i.id) {
+                let mut stopped = i.clone();
+                stopped.desired = Desired::Stop;
+                txn.compare.push(same(&ikv.key, ikv.mod_revision));
+                txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
+            }
+        }
+        if step.create > 0 {
+            let spec = &next.spec.0;
+            let ask = Ask { owner: owner.clone(), resources: spec.resources, placement: &spec.placement };
+            let (placed, why) = scheduler::place(&nodes, &held, &ask, step.create as usize);
+            for node in placed {
+                let id = instance_id(&rec.name, &instances);
+                let mut unit = spec.template.clone();
+                unit.name = hsu_model::unit::UnitName::new(&id).map_err(|e| format!("instance name {id}: {e}"))?;
+                let inst = InstanceRecord {
+                    id: id.clone(),
+                    namespace: rec.namespace.clone(),
+                    owner: rec.name.clone(),
+                    owner_kind: OwnerKind::Deployment,
+                    revision: next.revision,
+                    node,
+                    unit: Json(unit),
+                    resources: spec.resources,
+                    desired: Desired::Run,
+                    created_ms: now_ms,
+                };
+                held.push(Held { node, resources: spec.resources, owner: owner.clone() });
+                let key = state::instance_key(node, &id);
+                txn.compare.push(same(key.as_bytes(), 0));
+                txn.success.push(put(key, encode(&inst)?));
+            }
+            if why != next.unplaced {
+                if let Some(w) = &why {
+                    next.push_event(now_ms, format!("cannot place instances: {w}"));
+                }
+                next.unplaced = why;
+            }
+        } else if next.unplaced.is_some() && step.create == 0 {
+            next.unplaced = None;
+        }
+        if next != *rec {
+            txn.success.push(put(state::deployment_key(&rec.namespace, &rec.name), encode(&next)?));
+        }
+        if txn.success.is_empty() {
+            continue;
+        }
+        match store.txn(txn).await {
+            Ok(r) if r.succeeded => {
+                if !step.stop.is_empty() || step.create > 0 || !step.delete.is_empty() {
+                    debug!(deployment = %owner, create = step.create, stop = ?step.stop, delete = ?step.delete, "rollout step");
+                }
+            }
+            Ok(_) => debug!(deployment = %owner, "rollout step lost a race; next pass"),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // Instances whose deployment is gone: stop them, then delete their records.
+    let mut txn = Txn::default();
+    for (kv, i) in &instances {
+        if i.owner_kind != OwnerKind::Deployment || owners.contains(&format!("{}/{}", i.namespace, i.owner)) {
+            continue;
+        }
+        let observed = observe(i);
+        let gone = matches!(observed, Observed::NodeDown | Observed::Absent)
+            || matches!(&observed, Observed::Reported(r) if is_down(r));
+        txn.compare.push(same(&kv.key, kv.mod_revision));
+        if gone {
+            txn.success.push(Op::Delete { range: KeyRange::Key(kv.key.clone()) });
+        } else if i.desired == Desired::Run {
+            let mut stopped = i.clone();
+            stopped.desired = Desired::Stop;
+            txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
+        } else {
+            txn.compare.pop();
+        }
+    }
+    if !txn.success.is_empty() {
+        store.txn(txn).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn age_ms(r: Option<&(Duration, NodeReport)>) -> u64 {
+    r.map_or(0, |(age, _)| age.as_millis() as u64)
+}
+
+fn is_down(r: &InstanceReport) -> bool {
+    matches!(r.state.as_str(), "stopped" | "exited" | "failed")
+}
+
+fn i_mod(instances: &[(KeyValue, InstanceRecord)], id: &str) -> u64 {
+    instances.iter().find(|(_, i)| i.id == id).map_or(u64::MAX, |(kv, _)| kv.mod_revision)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    encode_record(v).map_err(|e| e.to_string())
+}
+
+/// `<name>-<6 random characters>`, not used by any instance yet.
+fn instance_id(name: &str, instances: &[(KeyValue, InstanceRecord)]) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    loop {
+        let suffix: String = (0..6).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
+        let id = format!("{name}-{suffix}");
+        if !instances.iter().any(|(_, i)| i.id == id) {
+            return id;
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

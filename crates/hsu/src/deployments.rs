@@ -1,0 +1,306 @@
+//! Deployments as the API serves them: apply (all documents in one transaction), views of
+//! deployments and instances (store records joined with the nodes' reports, which the master
+//! keeps in memory), delete, and rollout undo/pause/resume. The decisions are hsu-control's.
+
+use std::collections::BTreeMap;
+
+use hsu_control::rollout;
+use hsu_model::deploy::{parse_documents, Object, Source};
+use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, NodeReport, RevisionRecord};
+use hsu_model::NodeId;
+use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, KeyRange, KeyValue, Op, Request, Txn};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::node::Node;
+use crate::peer::{PeerError, PeerReply, PeerRequest};
+use crate::records;
+
+/// One applied object and what happened to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppliedObject {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// created, configured or unchanged.
+    pub result: &'static str,
+    pub revision: u64,
+}
+
+/// A deployment with counts of its instances.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentView {
+    pub record: DeploymentRecord,
+    pub ready: u32,
+    pub up_to_date: u32,
+    pub available: u32,
+    pub total: u32,
+}
+
+/// An instance with what its node last said about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceView {
+    pub record: InstanceRecord,
+    pub node_name: String,
+    pub state: String,
+    pub ready: bool,
+    pub ready_for_ms: u64,
+    pub restarts: u32,
+    pub message: Option<String>,
+}
+
+/// The leader's reports, with their age, as a follower receives them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReportsView {
+    pub reports: Vec<(NodeId, u64, NodeReport)>,
+    pub grace_ms: u64,
+}
+
+fn same(key: &[u8], revision: u64) -> Compare {
+    Compare { key: key.to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
+}
+
+fn put<T: Serialize>(key: String, value: &T) -> Op {
+    Op::Put { key: key.into_bytes(), value: records::encode(value), lease: 0 }
+}
+
+impl Node {
+    async fn list_records<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(KeyValue, T)>, PeerError> {
+        let r = self.range(KeyRange::Prefix(prefix.as_bytes().to_vec()), 0, Consistency::Linearizable).await?;
+        r.kvs
+            .into_iter()
+            .map(|kv| {
+                let v = records::decode(&kv.key, &kv.value)?;
+                Ok((kv, v))
+            })
+            .collect()
+    }
+
+    /// Applies every document of `files` in one transaction; retried when another writer got
+    /// there first (the controller updating a status, say).
+    pub async fn apply_documents(
+        &self,
+        files: &[(String, String)],
+        dry_run: bool,
+    ) -> Result<Vec<AppliedObject>, PeerError> {
+        let sources: Vec<Source<'_>> = files.iter().map(|(f, t)| Source { file: f, text: t }).collect();
+        let docs = parse_documents(&sources).map_err(|e| PeerError::Invalid(e.0))?;
+        if let Some(job) = docs.iter().find(|d| matches!(d.object, Object::Job(_))) {
+            return Err(PeerError::Invalid(format!(
+                "{}: line {}: kind Job is not supported by this version yet; nothing was applied",
+                job.file, job.line
+            )));
+        }
+        for _attempt in 0..10 {
+            let now = records::now_ms();
+            let mut txn = Txn::default();
+            let mut applied = Vec::new();
+            for doc in &docs {
+                let Object::Deployment(d) = &doc.object else { continue };
+                let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
+                let key = state::deployment_key(ns, name);
+                let existing: Option<(KeyValue, DeploymentRecord)> =
+                    self.list_records(&key).await?.into_iter().find(|(kv, _)| kv.key == key.as_bytes());
+                let revisions: Vec<(KeyValue, RevisionRecord)> =
+                    self.list_records(&state::revisions_prefix(ns, name)).await?;
+                let revs: Vec<RevisionRecord> = revisions.iter().map(|(_, r)| r.clone()).collect();
+                let a = rollout::apply(existing.as_ref().map(|(_, r)| r), &revs, d, now);
+                txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
+                let result = match (&existing, a.unchanged) {
+                    (None, _) => "created",
+                    (Some(_), true) => "unchanged",
+                    (Some(_), false) => "configured",
+                };
+                if !a.unchanged {
+                    txn.success.push(put(key.clone(), &a.record));
+                }
+                if let Some(r) = &a.new_revision {
+                    txn.success.push(put(state::revision_key(ns, name, r.number), r));
+                }
+                for n in &a.prune {
+                    txn.success
+                        .push(Op::Delete { range: KeyRange::Key(state::revision_key(ns, name, *n).into_bytes()) });
+                }
+                applied.push(AppliedObject {
+                    kind: "Deployment".into(),
+                    namespace: ns.into(),
+                    name: name.into(),
+                    result,
+                    revision: a.record.revision,
+                });
+            }
+            if dry_run || txn.success.is_empty() {
+                return Ok(applied);
+            }
+            match self.propose(Request::Txn(txn)).await? {
+                hsu_store::Response::Txn(r) if r.succeeded => return Ok(applied),
+                hsu_store::Response::Txn(_) => continue,
+                other => return Err(PeerError::Store(hsu_store::Error::Fatal(format!("unexpected reply {other:?}")))),
+            }
+        }
+        Err(hsu_store::Error::Unavailable("the deployments kept changing while applying; try again".into()).into())
+    }
+
+    /// The master's reports (asked of the leader when this node does not lead).
+    pub async fn reports_view(&self) -> Result<ReportsView, PeerError> {
+        match self.leader_call(PeerRequest::Reports).await? {
+            PeerReply::Reports(r) => Ok(r),
+            other => Err(PeerError::Store(hsu_store::Error::Fatal(format!("unexpected reply {other:?}")))),
+        }
+    }
+
+    pub(crate) fn reports_as_leader(&self) -> ReportsView {
+        let reports = self.reports().snapshot();
+        ReportsView {
+            reports: reports.into_iter().map(|(id, (age, r))| (id, age.as_millis() as u64, r)).collect(),
+            grace_ms: self.tuning().node_grace.as_millis() as u64,
+        }
+    }
+
+    /// Instances, optionally of one namespace and deployment, with their reported state.
+    pub async fn instances_view(&self, namespace: &str, deployment: &str) -> Result<Vec<InstanceView>, PeerError> {
+        let instances: Vec<(KeyValue, InstanceRecord)> = self.list_records(state::INSTANCES).await?;
+        let reports = self.reports_view().await?;
+        let by_node: BTreeMap<NodeId, (u64, &NodeReport)> =
+            reports.reports.iter().map(|(id, age, r)| (*id, (*age, r))).collect();
+        let mut out = Vec::new();
+        for (kv, i) in instances {
+            if (!namespace.is_empty() && i.namespace != namespace) || (!deployment.is_empty() && i.owner != deployment)
+            {
+                continue;
+            }
+            let report = by_node.get(&i.node);
+            let mut v = InstanceView {
+                node_name: report.map_or_else(|| format!("node-{}", i.node), |(_, r)| r.name.clone()),
+                state: "unknown".into(),
+                ready: false,
+                ready_for_ms: 0,
+                restarts: 0,
+                message: None,
+                record: i,
+            };
+            match report {
+                Some((age, r)) if *age < reports.grace_ms => match r.instances.iter().find(|x| x.id == v.record.id) {
+                    Some(x) => {
+                        v.state = x.state.clone();
+                        v.ready = x.ready && v.record.desired == Desired::Run;
+                        v.ready_for_ms = if v.ready { x.ready_for_ms + age } else { 0 };
+                        v.restarts = x.restarts;
+                        v.message = x.message.clone();
+                    }
+                    None if r.seen_revision >= kv.mod_revision && v.record.desired == Desired::Stop => {
+                        v.state = "stopped".into()
+                    }
+                    None => v.state = "pending".into(),
+                },
+                Some(_) => v.message = Some("its node has not reported within the grace period".into()),
+                None => v.message = Some("its node has not reported to this master yet".into()),
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    pub async fn deployments_view(&self, namespace: &str, name: &str) -> Result<Vec<DeploymentView>, PeerError> {
+        let deployments: Vec<(KeyValue, DeploymentRecord)> = self.list_records(state::DEPLOYMENTS).await?;
+        let instances = self.instances_view(namespace, name).await?;
+        let mut out = Vec::new();
+        for (_, d) in deployments {
+            if (!namespace.is_empty() && d.namespace != namespace) || (!name.is_empty() && d.name != name) {
+                continue;
+            }
+            let mine: Vec<&InstanceView> =
+                instances.iter().filter(|i| i.record.namespace == d.namespace && i.record.owner == d.name).collect();
+            let min_ready = d.spec.0.strategy.min_ready.0.as_millis() as u64;
+            let current = |i: &&&InstanceView| i.record.revision == d.revision && i.record.desired == Desired::Run;
+            out.push(DeploymentView {
+                ready: mine.iter().filter(|i| i.ready).count() as u32,
+                up_to_date: mine.iter().filter(current).count() as u32,
+                available: mine.iter().filter(current).filter(|i| i.ready && i.ready_for_ms >= min_ready).count()
+                    as u32,
+                total: mine.len() as u32,
+                record: d,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn deployment(&self, namespace: &str, name: &str) -> Result<(KeyValue, DeploymentRecord), PeerError> {
+        let key = state::deployment_key(namespace, name);
+        self.list_records(&key)
+            .await?
+            .into_iter()
+            .find(|(kv, _)| kv.key == key.as_bytes())
+            .ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
+    }
+
+    pub async fn revisions(&self, namespace: &str, name: &str) -> Result<Vec<RevisionRecord>, PeerError> {
+        let r: Vec<(KeyValue, RevisionRecord)> = self.list_records(&state::revisions_prefix(namespace, name)).await?;
+        Ok(r.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Deletes the deployment and its revisions; the controller stops its instances.
+    pub async fn delete_deployment(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
+        let (kv, _) = self.deployment(namespace, name).await?;
+        let txn = Txn {
+            compare: vec![same(&kv.key, kv.mod_revision)],
+            success: vec![
+                Op::Delete { range: KeyRange::Key(kv.key.clone()) },
+                Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(namespace, name).into_bytes()) },
+            ],
+            failure: vec![],
+        };
+        self.propose(Request::Txn(txn)).await?;
+        Ok(())
+    }
+
+    /// `undo`, `pause` or `resume`, retried when the controller wrote the record meanwhile.
+    pub async fn rollout_action(
+        &self,
+        namespace: &str,
+        name: &str,
+        action: &str,
+        to_revision: Option<u64>,
+    ) -> Result<DeploymentRecord, PeerError> {
+        for _attempt in 0..10 {
+            let (kv, rec) = self.deployment(namespace, name).await?;
+            let now = records::now_ms();
+            let next = match action {
+                "undo" => {
+                    let revisions = self.revisions(namespace, name).await?;
+                    rollout::undo(&rec, &revisions, to_revision, now).map_err(PeerError::Invalid)?
+                }
+                "pause" => {
+                    let mut n = rec.clone();
+                    n.paused = true;
+                    n.push_event(now, "paused".into());
+                    n
+                }
+                "resume" => {
+                    let mut n = rec.clone();
+                    n.paused = false;
+                    n.canary_passed = true;
+                    n.progress_ms = now;
+                    n.push_event(now, "resumed".into());
+                    n
+                }
+                other => {
+                    return Err(PeerError::Invalid(format!(
+                        "unknown rollout action {other:?}; expected undo, pause or resume"
+                    )))
+                }
+            };
+            let txn = Txn {
+                compare: vec![same(&kv.key, kv.mod_revision)],
+                success: vec![put(state::deployment_key(namespace, name), &next)],
+                failure: vec![],
+            };
+            if let hsu_store::Response::Txn(r) = self.propose(Request::Txn(txn)).await? {
+                if r.succeeded {
+                    return Ok(next);
+                }
+            }
+        }
+        Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
+    }
+}
