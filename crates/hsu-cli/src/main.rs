@@ -611,7 +611,8 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "unavailable",
         DeadlineExceeded => "deadline exceeded",
         OutOfRange => "out of range",
-        _ => "error",
+        Internal => "internal error",
+        _ => "failed",
     }
 }
 

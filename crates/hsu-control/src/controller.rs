@@ -188,7 +188,7 @@ pub async fn pass(
     };
     let mut held: Vec<Held> = instances
         .iter()
-        .map(|(_, i)| Held { node: i.node, resources: i.resources, owner: format!("{}/{}", i.namespace, i.owner) })
+        .map(|(_, i)| Held { node: i.node, resources: i.resources.0, owner: format!("{}/{}", i.namespace, i.owner) })
         .collect();
 
     // Owners by key, records that do not decode included: instances are orphans only when their
@@ -223,7 +223,7 @@ pub async fn pass(
         let stable = revisions
             .iter()
             .find(|(_, r)| r.number == rec.stable_revision)
-            .map(|(_, r)| Stable { template: &r.template.0, resources: r.resources });
+            .map(|(_, r)| Stable { template: &r.template.0, resources: r.resources.0 });
         let step = rollout::step(rec, &views, stable, now_ms);
         if step.create == 0 && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
             continue;
@@ -257,7 +257,7 @@ pub async fn pass(
                     revision: next.revision,
                     node,
                     unit: Json(unit),
-                    resources: spec.resources,
+                    resources: Json(spec.resources),
                     desired: Desired::Run,
                     created_ms: now_ms,
                 };

@@ -4,8 +4,8 @@
 //!
 //! [`step`] keeps two bounds at every step, counting every instance record that exists (those
 //! being stopped too): at most `replicas + maxSurge` instances, and at least
-//! `replicas - maxUnavailable` available ones (ready for `minReady`) whenever that many were
-//! available before. It only creates instances of the current revision and only stops others
+//! `replicas - maxUnavailable` ready ones whenever that many were ready before (new instances
+//! count once they are available: ready for `minReady`). It only creates instances of the current revision and only stops others
 //! (or surplus ones), so repeating it converges to `replicas` available instances of the current
 //! revision.
 
@@ -43,6 +43,10 @@ pub enum Observed {
 impl InstanceView {
     fn available(&self, min_ready_ms: u64) -> bool {
         matches!(&self.observed, Observed::Reported(r) if r.ready && r.ready_for_ms >= min_ready_ms)
+    }
+
+    fn ready(&self) -> bool {
+        matches!(&self.observed, Observed::Reported(r) if r.ready)
     }
 
     fn is_down(&self) -> bool {
@@ -100,12 +104,13 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
         live.iter().copied().filter(|i| i.desired == Desired::Run && i.revision == rec.revision).collect();
     let mut old: Vec<&InstanceView> =
         live.iter().copied().filter(|i| i.desired == Desired::Run && i.revision != rec.revision).collect();
-    // Stop the least useful first: not available, then the oldest revision, then the newest.
-    let rank = |i: &&InstanceView| (i.available(min_ready_ms), i.revision, std::cmp::Reverse(i.created_ms));
+    // Stop the least useful first: not ready, not available, then the oldest revision, then the
+    // newest instance.
+    let rank = |i: &&InstanceView| (i.ready(), i.available(min_ready_ms), i.revision, std::cmp::Reverse(i.created_ms));
     new.sort_by_key(rank);
     old.sort_by_key(rank);
     let new_available = new.iter().filter(|i| i.available(min_ready_ms)).count() as u32;
-    let old_available = old.iter().filter(|i| i.available(min_ready_ms)).count() as u32;
+    let old_ready = old.iter().filter(|i| i.ready()).count() as u32;
 
     let canary_hold = spec.strategy.canary > 0
         && rec.revision != rec.stable_revision
@@ -123,14 +128,15 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
             stopped.insert(&i.id);
         }
         let new_count = new.len() as u32 - surplus;
-        // Old instances: those not available cost nothing to stop; available ones only while
-        // enough others are available.
+        // Old instances: those not ready cost nothing to stop; ready ones only while enough
+        // others stay ready, counting new instances once they are available (ready for
+        // minReady), so that readiness never drops below replicas - maxUnavailable.
         let min_available = replicas.saturating_sub(unavailable);
-        let mut can_lose = (new_available + old_available).saturating_sub(min_available);
+        let mut can_lose = (new_available + old_ready).saturating_sub(min_available);
         let keep_old = replicas.saturating_sub(want_new) as usize;
         let removable_old = old.len().saturating_sub(keep_old);
         for i in old.iter().take(removable_old) {
-            if i.available(min_ready_ms) {
+            if i.ready() {
                 if can_lose == 0 {
                     break;
                 }
@@ -237,7 +243,7 @@ pub fn apply(
     now_ms: u64,
 ) -> Applied {
     let spec = d.spec.clone();
-    let same_template = |r: &RevisionRecord| r.template.0 == spec.template && r.resources == spec.resources;
+    let same_template = |r: &RevisionRecord| r.template.0 == spec.template && r.resources.0 == spec.resources;
     let labels = d.metadata.labels.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect();
     let Some(old) = existing else {
         let record = DeploymentRecord {
@@ -260,8 +266,12 @@ pub fn apply(
             events: vec![hsu_model::state::Event { at_ms: now_ms, message: "created with revision 1".into() }],
             created_ms: now_ms,
         };
-        let rev =
-            RevisionRecord { number: 1, template: Json(spec.template), resources: spec.resources, created_ms: now_ms };
+        let rev = RevisionRecord {
+            number: 1,
+            template: Json(spec.template),
+            resources: Json(spec.resources),
+            created_ms: now_ms,
+        };
         return Applied { record, new_revision: Some(rev), prune: vec![], unchanged: false };
     };
     if old.spec.0 == spec && old.labels == labels {
@@ -282,7 +292,7 @@ pub fn apply(
                 new_revision = Some(RevisionRecord {
                     number: n,
                     template: Json(spec.template.clone()),
-                    resources: spec.resources,
+                    resources: Json(spec.resources),
                     created_ms: now_ms,
                 });
                 n
@@ -337,7 +347,7 @@ pub fn undo(
     }
     let mut next = rec.clone();
     next.spec.0.template = target.template.0.clone();
-    next.spec.0.resources = target.resources;
+    next.spec.0.resources = target.resources.0;
     next.revision = target.number;
     next.generation += 1;
     next.phase = Phase::Progressing;

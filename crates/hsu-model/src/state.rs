@@ -155,7 +155,7 @@ impl DeploymentRecord {
 pub struct RevisionRecord {
     pub number: u64,
     pub template: Json<UnitSpec>,
-    pub resources: Resources,
+    pub resources: Json<Resources>,
     pub created_ms: u64,
 }
 
@@ -180,7 +180,7 @@ pub struct InstanceRecord {
     pub node: NodeId,
     /// The unit the node runs, named `id`.
     pub unit: Json<UnitSpec>,
-    pub resources: Resources,
+    pub resources: Json<Resources>,
     pub desired: Desired,
     pub created_ms: u64,
 }
@@ -252,4 +252,45 @@ pub struct InstanceReport {
     /// It exited and stays down (a job's run that finished).
     pub finished: bool,
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::{parse_documents, Object, Source};
+    use crate::{decode_record, encode_record};
+
+    /// Every record goes through the binary codec, whose decoder cannot handle fields that accept
+    /// several shapes (`cpu: 0.5` or `500m`) unless they travel as JSON.
+    #[test]
+    fn records_with_specs_and_resources_survive_the_codec() {
+        let text = "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template: {command: [x], limits: {cpu: 0.5, memory: 64MiB}}\n  resources: {cpu: 250m, memory: 1GiB}\n";
+        let docs = parse_documents(&[Source { file: "t.yaml", text }]).unwrap();
+        let Object::Deployment(d) = &docs[0].object else { panic!() };
+        let rev = RevisionRecord {
+            number: 1,
+            template: Json(d.spec.template.clone()),
+            resources: Json(d.spec.resources),
+            created_ms: 5,
+        };
+        let back: RevisionRecord = decode_record(&encode_record(&rev).unwrap()).unwrap();
+        assert_eq!(back, rev);
+        let inst = InstanceRecord {
+            id: "web-abcdef".into(),
+            namespace: "default".into(),
+            owner: "web".into(),
+            owner_kind: OwnerKind::Deployment,
+            revision: 1,
+            node: 3,
+            unit: Json(d.spec.template.clone()),
+            resources: Json(d.spec.resources),
+            desired: Desired::Run,
+            created_ms: 5,
+        };
+        let back: InstanceRecord = decode_record(&encode_record(&inst).unwrap()).unwrap();
+        assert_eq!(back, inst);
+        let report = NodeReport { node: 1, name: "n1".into(), ..NodeReport::default() };
+        let back: NodeReport = decode_record(&encode_record(&report).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
 }

@@ -24,17 +24,22 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// Polls `f` until it returns Some, failing after [`DEADLINE`] with `what` and the last state.
-pub fn poll<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn poll<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    poll_for(DEADLINE, what, f)
+}
+
+/// [`poll`] with its own deadline.
+pub fn poll_for<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
     let mut last = String::new();
-    while start.elapsed() < DEADLINE {
+    while start.elapsed() < deadline {
         match f() {
             Ok(v) => return v,
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {DEADLINE:?} waiting for {what}; last: {last}");
+    panic!("timed out after {deadline:?} waiting for {what}; last: {last}");
 }
 
 /// One running `hsu node` process.
@@ -48,7 +53,9 @@ pub struct NodeProc {
 
 /// Faster than the defaults so failovers are quick, but an append (fsync included) still fits
 /// in a heartbeat interval on a loaded machine: openraft times appends out after one interval.
-const TIMING: [&str; 4] = ["--heartbeat", "100ms", "--election-timeout", "400ms"];
+/// A node that stops reporting is down after 3 s (instead of 10 s).
+pub const NODE_GRACE: Duration = Duration::from_secs(3);
+const TIMING: [&str; 6] = ["--heartbeat", "100ms", "--election-timeout", "400ms", "--node-grace", "3s"];
 
 impl NodeProc {
     fn spawn(
@@ -64,7 +71,7 @@ impl NodeProc {
         let child = hsu()
             .args(args)
             .args(TIMING)
-            .env("HSU_LOG", "info,openraft=warn")
+            .env("HSU_LOG", "info,openraft=warn,hsu_control=debug")
             // The token travels in the environment, not on the command line where `ps` shows it.
             .envs(token.map(|t| ("HSU_TOKEN", t)))
             .stdin(Stdio::null())

@@ -6,3 +6,4 @@ mod harness;
 mod t10_cluster_lifecycle;
 mod t20_cli_kv_and_tokens;
 mod t30_agent;
+mod t40_deployments;

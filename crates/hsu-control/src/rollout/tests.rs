@@ -71,7 +71,7 @@ impl World {
             });
         }
         let stable = self.revisions.iter().find(|r| r.number == self.rec.stable_revision);
-        let stable = stable.map(|r| Stable { template: &r.template.0, resources: r.resources });
+        let stable = stable.map(|r| Stable { template: &r.template.0, resources: r.resources.0 });
         let s = step(&self.rec, &self.views(), stable, self.now_ms);
         for id in &s.delete {
             self.instances.remove(id);
@@ -298,4 +298,18 @@ fn undo_goes_to_the_previous_or_a_named_revision() {
     assert_eq!(first.revision, 1);
     assert!(undo(&w.rec, &w.revisions, Some(9), 5).unwrap_err().contains("no revision 9 (kept: 1, 2, 3)"));
     assert!(undo(&w.rec, &w.revisions, Some(3), 5).unwrap_err().contains("already runs revision 3"));
+}
+
+/// Found by the end-to-end sampler: instances that are ready but not yet ready for `minReady`
+/// still serve, so an update applied right after they came up must not stop them for free.
+#[test]
+fn ready_old_instances_are_kept_even_before_min_ready() {
+    let strategy = "{maxSurge: 1, maxUnavailable: 0, minReady: 1s}";
+    let mut w = World::new(&deployment(3, strategy, "a"));
+    while w.ready() < 3 {
+        w.tick();
+    }
+    w.apply(&deployment(3, strategy, "b"));
+    w.run(300, true);
+    assert_eq!(w.of_revision(2), 3);
 }
