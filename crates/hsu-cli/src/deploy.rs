@@ -14,7 +14,7 @@ use crate::output::{print, table, Format};
 use crate::{status, Command, DescribeWhat, GetWhat, RolloutCommand};
 
 /// Reads FILE, or every *.yaml/*.yml of a directory (sorted), as (name, text).
-fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
+pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
     let mut out = Vec::new();
     for p in paths {
         let mut files: Vec<PathBuf> = if p.is_dir() {

@@ -4,6 +4,7 @@
 //! stderr with exit code 1 (2 for bad usage).
 
 mod deploy;
+mod dev;
 mod output;
 
 use std::net::SocketAddr;
@@ -89,6 +90,22 @@ enum Command {
     /// Follow and steer rollouts.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Try HSU on this machine: a single-node cluster in a temporary directory, running the
+    /// example deployments of deploy/examples/hello.yaml. Ctrl-C stops it and removes everything.
+    Dev {
+        /// gRPC API address.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        api: SocketAddr,
+        /// Node-to-node (QUIC) address.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// Apply this file (or directory) instead of the built-in example.
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        /// Keep the data directory (and the units' logs) after exit.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -466,6 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             foreground(node).await
         }
         Command::Agent(cmd) => agent_command(cmd, cli.output).await,
+        Command::Dev { api, listen, file, keep } => dev::run(api, listen, file, keep).await,
         command @ (Command::Apply { .. }
         | Command::Get { what: GetWhat::Deployments | GetWhat::Instances | GetWhat::Jobs, .. }
         | Command::Describe { .. }
@@ -563,7 +581,7 @@ fn describe_apply(r: &hsu_agent::ApplyReport) -> String {
 }
 
 /// Runs a node until it is asked to stop (SIGINT, SIGTERM, or `hsu node leave`).
-async fn foreground(node: Node) -> anyhow::Result<()> {
+pub(crate) async fn foreground(node: Node) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
@@ -882,6 +900,7 @@ async fn client_command(
         | Command::Get { .. }
         | Command::Describe { .. }
         | Command::Delete { .. }
-        | Command::Rollout(_) => unreachable!("handled before"),
+        | Command::Rollout(_)
+        | Command::Dev { .. } => unreachable!("handled before"),
     }
 }

@@ -473,7 +473,7 @@ fn parse_one(line: u64, text: &str) -> Result<Object, String> {
         api_version: Option<serde_saphyr::Spanned<String>>,
         kind: Option<serde_saphyr::Spanned<String>>,
     }
-    let header: Header = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let header: Header = from_str(text)?;
     let api = header
         .api_version
         .ok_or_else(|| format!("line {line}: missing field `apiVersion` (expected {API_VERSION})"))?;
@@ -533,7 +533,7 @@ fn parse_one(line: u64, text: &str) -> Result<Object, String> {
             ))
         }
     };
-    let at: SpecAt = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let at: SpecAt = from_str(text)?;
     let spec = at.spec.referenced.line();
     let lines = Lines {
         spec,
@@ -545,8 +545,44 @@ fn parse_one(line: u64, text: &str) -> Result<Object, String> {
     Ok(object)
 }
 
+/// Parses with serde-saphyr; its messages start with "error: ", which the caller's prefix
+/// (file name) replaces.
 fn from_str<T: de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    serde_saphyr::from_str(text).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.strip_prefix("error: ").map(str::to_string).unwrap_or(msg);
+        name_the_field(text, msg)
+    })
+}
+
+/// serde-saphyr says where a bad value is ("line 4 column 18: invalid u32"), not which field
+/// holds it: add the key written before that column, when there is one on that line.
+fn name_the_field(text: &str, msg: String) -> String {
+    let position = || {
+        let rest = msg.split_once("line ")?.1;
+        let (line, rest) = rest.split_once(" column ")?;
+        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some((line.parse::<usize>().ok()?, column.parse::<usize>().ok()?))
+    };
+    let Some((line, column)) = position() else { return msg };
+    let Some(src) = text.lines().nth(line.saturating_sub(1)) else { return msg };
+    let before: String = src.chars().take(column.saturating_sub(1)).collect();
+    let Some(colon) = before.rfind(':') else { return msg };
+    let key: String = before[..colon]
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if key.is_empty() || msg.contains(&format!("`{key}`")) {
+        return msg;
+    }
+    match msg.split_once('\n') {
+        Some((first, rest)) => format!("{first} (field `{key}`)\n{rest}"),
+        None => format!("{msg} (field `{key}`)"),
+    }
 }
 
 /// Lines of a document's spec and of its parts.

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hsu_agent::OnExit;
 use hsu_model::NodeId;
 use hsu_net::pki::{self, certs_from_pem, identity_of, sha256, ClusterCa, Identity, RevocationCheck};
 use hsu_net::quic::{Endpoint, EndpointConfig, ALPN};
@@ -37,6 +38,9 @@ pub struct Tuning {
     /// A node that has not reported to the master for this long is down; its instances are
     /// placed elsewhere.
     pub node_grace: Duration,
+    /// Stop this node's units when it stops (`hsu dev`); by default they keep running and the
+    /// node adopts them when it starts again.
+    pub stop_units_on_exit: bool,
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -51,6 +55,7 @@ impl Default for Tuning {
         Tuning {
             labels: BTreeMap::new(),
             node_grace: hsu_control::controller::ControllerConfig::default().node_grace,
+            stop_units_on_exit: false,
             heartbeat_interval: store.heartbeat_interval,
             election_timeout_min: store.election_timeout_min,
             election_timeout_max: store.election_timeout_max,
@@ -97,6 +102,8 @@ struct Inner {
     membership: tokio::sync::Mutex<()>,
     /// The nodes' last reports, while this node leads.
     reports: Arc<hsu_control::controller::Reports>,
+    /// The agent's task: it ends after the agent let go of (or stopped) the units.
+    units: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running node. Cloning gives another handle on the same node.
@@ -153,6 +160,7 @@ impl Node {
                 stop: watch::channel(false).0,
                 membership: tokio::sync::Mutex::new(()),
                 reports: Arc::default(),
+                units: std::sync::Mutex::new(None),
             }),
         };
         let _ = node_cell.set(node.clone());
@@ -168,8 +176,10 @@ impl Node {
             config,
             async move { stopping.stopped().await },
         ));
-        crate::units::spawn(node.clone(), dir.agent_dir(), node.inner.tuning.labels.clone())
+        let on_exit = if node.inner.tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
+        let units = crate::units::spawn(node.clone(), dir.agent_dir(), node.inner.tuning.labels.clone(), on_exit)
             .map_err(NodeError::Config)?;
+        *node.inner.units.lock().unwrap_or_else(|p| p.into_inner()) = Some(units);
         Ok(node)
     }
 
@@ -258,9 +268,14 @@ impl Node {
         self.inner.stop.send_replace(true);
     }
 
-    /// Stops the store and the endpoint.
+    /// Stops the agent (its units keep running unless `stop_units_on_exit`), the store and the
+    /// endpoint.
     pub async fn shutdown(&self) {
         self.request_stop();
+        let units = self.inner.units.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(units) = units {
+            let _ = units.await;
+        }
         self.inner.store.shutdown().await;
         self.inner.endpoint.shutdown().await;
     }

@@ -27,14 +27,20 @@ use crate::peer::PeerRequest;
 /// The live status of each unit the agent has, shared by the applier with the reporter.
 type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<UnitStatus>>>>;
 
-/// Starts both tasks; they end when the node stops (its units keep running).
-pub(crate) fn spawn(node: Node, agent_dir: PathBuf, labels: BTreeMap<String, String>) -> Result<(), String> {
+/// Starts both tasks; they end when the node stops, the applier once the agent has left its
+/// units running (or stopped them, with `on_exit` [`OnExit::Stop`]). Returns the applier.
+pub(crate) fn spawn(
+    node: Node,
+    agent_dir: PathBuf,
+    labels: BTreeMap<String, String>,
+    on_exit: OnExit,
+) -> Result<tokio::task::JoinHandle<()>, String> {
     let agent = Agent::open(&agent_dir)?;
     let views: Views = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tokio::spawn(applier(node.clone(), agent, views.clone(), seen.clone()));
+    let applier = tokio::spawn(applier(node.clone(), agent, views.clone(), seen.clone(), on_exit));
     tokio::spawn(reporter(node, agent_dir, labels, views, seen));
-    Ok(())
+    Ok(applier)
 }
 
 fn desired(node: &Node) -> (Vec<UnitSpec>, u64) {
@@ -51,7 +57,7 @@ fn desired(node: &Node) -> (Vec<UnitSpec>, u64) {
     (units, r.revision)
 }
 
-async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync::atomic::AtomicU64>) {
+async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync::atomic::AtomicU64>, on_exit: OnExit) {
     let prefix = state::node_instances_prefix(node.id());
     let mut last: Option<Vec<UnitSpec>> = None;
     loop {
@@ -80,7 +86,7 @@ async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync
         tokio::select! {
             _ = watcher.next() => {}
             () = node.stopped() => {
-                agent.shutdown(OnExit::Keep).await;
+                agent.shutdown(on_exit).await;
                 return;
             }
         }

@@ -7,3 +7,4 @@ mod t10_cluster_lifecycle;
 mod t20_cli_kv_and_tokens;
 mod t30_agent;
 mod t40_deployments;
+mod t50_dev;

@@ -90,7 +90,7 @@ fn bad_documents_name_file_line_and_field() {
         ("template field", format!("{head}spec:\n  template: {{command: [x], comand: [y]}}\n"), &["line 5", "comand"]),
         ("template name", format!("{head}spec:\n  template:\n    name: x\n    command: [x]\n"), &["line 6", "spec.template.name is not allowed"]),
         ("no command", format!("{head}spec:\n  template: {{env: {{A: b}}}}\n"), &["line 5", "spec.template", "missing field `command`"]),
-        ("bad surge", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: lots}}\n"), &["line 6", "percentage"]),
+        ("bad surge", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: lots}}\n"), &["line 6", "percentage", "field `maxSurge`"]),
         ("surge over 100", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: 150%}}\n"), &["line 6", "above 100%"]),
         ("both zero", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: 0, maxUnavailable: 0%}}\n"), &["line 6", "cannot both be 0"]),
         ("deadline", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{minReady: 1m, progressDeadline: 30s}}\n"), &["line 6", "progressDeadline (30s) must be longer than minReady (1m)"]),
@@ -103,7 +103,7 @@ fn bad_documents_name_file_line_and_field() {
         ("constraint", format!("{head}spec:\n  template: {{command: [x]}}\n  placement: {{constraints: [{{key: zone, operator: In}}]}}\n"), &["line 6", "needs at least one value"]),
         ("operator", format!("{head}spec:\n  template: {{command: [x]}}\n  placement: {{constraints: [{{key: zone, operator: Near}}]}}\n"), &["line 6", "Near"]),
         ("canary", format!("{head}spec:\n  replicas: 2\n  template: {{command: [x]}}\n  strategy: {{canary: 3}}\n"), &["line 7", "canary (3) is more than replicas (2)"]),
-        ("second document", format!("{WEB}---\n{head}spec:\n  template: {{command: [x]}}\n  replicas: -1\n"), &["line 30", "invalid u32"]),
+        ("second document", format!("{WEB}---\n{head}spec:\n  template: {{command: [x]}}\n  replicas: -1\n"), &["line 30", "invalid u32", "field `replicas`"]),
         ("duplicate", format!("{WEB}---\n{head}spec:\n  template: {{command: [x]}}\n"), &["line 25", "Deployment default/web is also defined in app.yaml at line 1"]),
         ("hsu var", format!("{head}spec:\n  template: {{command: [x, \"${{HSU_PORT_WEB}}\"]}}\n"), &["line 5", "HSU_PORT_WEB"]),
     ];
