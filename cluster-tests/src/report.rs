@@ -4,7 +4,7 @@ use crate::scenarios::Row;
 
 pub fn table(rows: &[Row]) -> String {
     let mut head: Vec<String> = ["scenario", "seed", "ok", "failed", "indet."].map(String::from).to_vec();
-    if let Some(r) = rows.iter().find(|r| !r.checks.is_empty()) {
+    if let Some(r) = rows.iter().max_by_key(|r| r.checks.len()) {
         head.extend(r.checks.iter().map(|(n, _)| n.to_string()));
     }
     head.extend(["time", "result"].map(String::from));

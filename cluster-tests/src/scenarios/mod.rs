@@ -10,6 +10,7 @@ pub mod t40_partitions;
 pub mod t50_pause_leader;
 pub mod t60_loss_delay;
 pub mod t70_random_mix;
+pub mod t80_rollout;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub const RECOVERY_LIMIT: Duration = Duration::from_secs(5);
 /// Clients and pollers stop by themselves after this, whatever happens.
 const MAX_RUN: Duration = Duration::from_secs(600);
 
-pub const NAMES: [&str; 7] = ["t10", "t20", "t30", "t40", "t50", "t60", "t70"];
+pub const NAMES: [&str; 8] = ["t10", "t20", "t30", "t40", "t50", "t60", "t70", "t80"];
 
 pub fn spec(name: &str) -> (Spec, u64) {
     match name {
@@ -45,6 +46,7 @@ pub fn spec(name: &str) -> (Spec, u64) {
         "t50" => (t50_pause_leader::SPEC, t50_pause_leader::FAULT_SECS),
         "t60" => (t60_loss_delay::SPEC, t60_loss_delay::FAULT_SECS),
         "t70" => (t70_random_mix::SPEC, t70_random_mix::FAULT_SECS),
+        "t80" => (t80_rollout::SPEC, t80_rollout::FAULT_SECS),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -58,6 +60,7 @@ async fn faults(ctx: &mut Ctx) -> Result<()> {
         "t50" => t50_pause_leader::faults(ctx).await,
         "t60" => t60_loss_delay::faults(ctx).await,
         "t70" => t70_random_mix::faults(ctx).await,
+        "t80" => t80_rollout::faults(ctx).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }
@@ -150,7 +153,12 @@ async fn drive(ctx: &mut Ctx, settings: &Settings, row: &mut Row) {
     );
     ctx.log("clients running; faults start in 2 s");
     ctx.sleep(Duration::from_secs(2)).await;
-    let result = faults(ctx).await;
+    // t80 also rolls a deployment out through the faults.
+    let rollout = if name == "t80" { Some(t80_rollout::prepare(ctx).await) } else { None };
+    let result = match &rollout {
+        Some(Err(e)) => Err(anyhow::anyhow!("deployment set-up: {e}")),
+        _ => faults(ctx).await,
+    };
     ctx.log("faults stop: heal the network, resume and restart every node");
     let healed = ctx.cluster.heal_all();
     let recovery = workload::time_to_write(&admin, &endpoints, Duration::from_secs(30)).await;
@@ -161,6 +169,10 @@ async fn drive(ctx: &mut Ctx, settings: &Settings, row: &mut Row) {
     let history = clients.finish().await;
     let samples = poller.finish().await;
     let final_set = workload::read_set(&admin, &endpoints, Duration::from_secs(20)).await;
+    let converged = match rollout {
+        Some(Ok(())) => Some(t80_rollout::converged(ctx).await),
+        _ => None,
+    };
     let crashed = ctx.cluster.crashed();
     row.counts = history.counts();
     eprintln!("[{name}] {} operations recorded; checking", history.ops.len() + history.adds.len());
@@ -170,6 +182,7 @@ async fn drive(ctx: &mut Ctx, settings: &Settings, row: &mut Row) {
         ("1 leader/term", checks::one_leader_per_term(&samples)),
         ("recovery", checks::recovered(&recovery, RECOVERY_LIMIT)),
     ];
+    row.checks.extend(converged.map(|c| ("converged", c)));
     let mut errors = vec![];
     if let Err(e) = result {
         errors.push(format!("faults: {e:#}"));

@@ -9,6 +9,7 @@
 //! directories removed when it ends, fails or is interrupted.
 
 mod cluster;
+mod deploy;
 mod load;
 mod procs;
 mod report;
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// The replicated store: 3 HSU nodes against 3 etcd members (puts, reads, RSS, failover).
     Store(StoreArgs),
+    /// Deployments on 3 HSU nodes: apply → all ready for 1, 10 and 100 replicas, and the idle
+    /// cost of each node running 30 units (RSS, CPU, bytes written per minute).
+    Deploy(deploy::DeployArgs),
 }
 
 #[derive(clap::Args)]
@@ -80,7 +84,15 @@ fn main() {
         // On a signal the benchmark's future is dropped here: every process handle and temporary
         // directory inside it is dropped with it, which kills and removes them.
         tokio::select! {
-            r = match cli.command { Command::Store(args) => store(args) } => r,
+            r = async {
+                match cli.command {
+                    Command::Store(args) => store(args).await,
+                    Command::Deploy(args) => {
+                        let hsu = hsu_binary(args.hsu_flag())?;
+                        deploy::run(args, &hsu).await
+                    }
+                }
+            } => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; stopped every process the benchmark started"),
             _ = term.recv() => bail!("terminated; stopped every process the benchmark started"),
         }
