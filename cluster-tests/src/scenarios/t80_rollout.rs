@@ -183,7 +183,9 @@ pub async fn converged(ctx: &mut Ctx) -> Check {
                 }
                 last = format!(
                     "instances: {:?}; running units: {running:?}",
-                    list.iter().map(|i| (&i.name, i.revision, &i.state, i.ready, &i.desired, &i.node)).collect::<Vec<_>>()
+                    list.iter()
+                        .map(|i| (&i.name, i.revision, &i.state, i.ready, &i.desired, &i.node))
+                        .collect::<Vec<_>>()
                 );
             }
             Err(e) => last = e,

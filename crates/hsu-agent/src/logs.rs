@@ -46,10 +46,111 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The last `tail` lines of `path` (all of it when `tail` is 0), as bytes ending with a newline
+/// unless the file does not, and the offset they end at.
+pub fn read_tail(path: &Path, tail: usize) -> io::Result<(Vec<u8>, u64)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let end = bytes.len() as u64;
+    if tail == 0 {
+        return Ok((bytes, end));
+    }
+    // Skip a final newline, then find the `tail`-th newline from the end.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |_| {
+        let mut seen = 0;
+        let mut at = 0;
+        for (i, b) in body.iter().enumerate().rev() {
+            if *b == b'\n' {
+                seen += 1;
+                if seen == tail {
+                    at = i + 1;
+                    break;
+                }
+            }
+        }
+        at
+    });
+    Ok((bytes[start..].to_vec(), end))
+}
+
+/// Follows `path` from `offset`: what was appended since, read every `every`; a file that got
+/// shorter was rotated (copy-truncate) and is read again from its start. Sends chunks until the
+/// receiver is dropped.
+pub async fn follow(
+    path: PathBuf,
+    mut offset: u64,
+    every: std::time::Duration,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    use std::io::{Read, Seek, SeekFrom};
+    loop {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0;
+        }
+        if len > offset {
+            let chunk = (|| -> io::Result<Vec<u8>> {
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(SeekFrom::Start(offset))?;
+                let mut buf = Vec::new();
+                f.take(len - offset).read_to_end(&mut buf)?;
+                Ok(buf)
+            })();
+            match chunk {
+                Ok(buf) if !buf.is_empty() => {
+                    offset += buf.len() as u64;
+                    if tx.send(buf).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stdout.log");
+        assert_eq!(read_tail(&log, 3).unwrap(), (vec![], 0), "a missing file is empty");
+        std::fs::write(&log, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(read_tail(&log, 2).unwrap(), (b"c\nd\n".to_vec(), 8));
+        assert_eq!(read_tail(&log, 10).unwrap().0, b"a\nb\nc\nd\n");
+        assert_eq!(read_tail(&log, 0).unwrap().0, b"a\nb\nc\nd\n");
+        std::fs::write(&log, "a\nb\npartial").unwrap();
+        assert_eq!(read_tail(&log, 1).unwrap().0, b"partial");
+    }
+
+    #[tokio::test]
+    async fn follow_sends_what_is_appended_and_survives_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stdout.log");
+        let mut f = crate::process::open_log(&log).unwrap();
+        f.write_all(b"old\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(follow(log.clone(), 4, std::time::Duration::from_millis(20), tx));
+        f.write_all(b"one\n").unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"one\n");
+        f.set_len(0).unwrap();
+        f.write_all(b"x\n").unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"x\n", "after a truncation the file is read from its start");
+        drop(rx);
+        task.await.unwrap();
+    }
 
     #[test]
     fn rotates_past_the_limit_and_keeps_max_files() {

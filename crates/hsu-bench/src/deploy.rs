@@ -165,7 +165,11 @@ pub async fn run(args: DeployArgs, hsu: &Path) -> anyhow::Result<()> {
         args.idle_units, args.idle_secs
     );
     for (name, rss, cpu, writes) in &idle {
-        table += &format!("| {name} | {:.1} MiB | {cpu:.2}% of a core | {:.1} KiB/min |\n", *rss as f64 / 1024.0, writes / 1024.0);
+        table += &format!(
+            "| {name} | {:.1} MiB | {cpu:.2}% of a core | {:.1} KiB/min |\n",
+            *rss as f64 / 1024.0,
+            writes / 1024.0
+        );
     }
     println!("\n{table}");
     if let Some(out) = &args.out {

@@ -234,6 +234,23 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
                 format!("deployment/{}/{}: {action} done; revision {} ({})\n", d.namespace, d.name, d.revision, d.phase)
             })
         }
+        Command::Logs { target, namespace, follow, tail, stderr } => {
+            let (deployment, instance) =
+                match target.strip_prefix("deployment/").or_else(|| target.strip_prefix("deploy/")) {
+                    Some(d) => (d.to_string(), String::new()),
+                    None => (String::new(), target.clone()),
+                };
+            let req = pb::LogsRequest { namespace, deployment, instance, follow, tail, stderr };
+            let mut stream = api.logs(req).await.map_err(status)?.into_inner();
+            let mut stdout = std::io::stdout();
+            while let Some(chunk) = stream.message().await.map_err(status)? {
+                for line in chunk.text.lines() {
+                    writeln!(stdout, "[{}] {line}", chunk.instance)?;
+                }
+                stdout.flush()?;
+            }
+            Ok(())
+        }
         _ => unreachable!("only deployment commands come here"),
     }
 }

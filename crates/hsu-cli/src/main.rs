@@ -90,6 +90,23 @@ enum Command {
     /// Follow and steer rollouts.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Print the logs of a deployment's instances (deployment/NAME) or of one instance (NAME),
+    /// from whichever nodes run them; each line starts with its instance.
+    Logs {
+        /// deployment/NAME or an instance's name.
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Keep printing what they write next (Ctrl-C to stop).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end of each log to start with (0: everything).
+        #[arg(long, default_value_t = 10)]
+        tail: u32,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
     /// Try HSU on this machine: a single-node cluster in a temporary directory, running the
     /// example deployments of deploy/examples/hello.yaml. Ctrl-C stops it and removes everything.
     Dev {
@@ -488,7 +505,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Get { what: GetWhat::Deployments | GetWhat::Instances | GetWhat::Jobs, .. }
         | Command::Describe { .. }
         | Command::Delete { .. }
-        | Command::Rollout(_)) => {
+        | Command::Rollout(_)
+        | Command::Logs { .. }) => {
             deploy::command(&load_config(&cli.config)?, cli.endpoint.as_deref(), cli.output, command).await
         }
         command => client_command(&cli.config, cli.endpoint.as_deref(), cli.output, command).await,
@@ -901,6 +919,7 @@ async fn client_command(
         | Command::Describe { .. }
         | Command::Delete { .. }
         | Command::Rollout(_)
+        | Command::Logs { .. }
         | Command::Dev { .. } => unreachable!("handled before"),
     }
 }

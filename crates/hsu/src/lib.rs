@@ -8,6 +8,7 @@ pub mod client;
 pub mod datadir;
 pub mod deployments;
 pub mod error;
+pub mod logs;
 pub mod node;
 pub mod peer;
 pub mod records;

@@ -102,6 +102,7 @@ struct Inner {
     membership: tokio::sync::Mutex<()>,
     /// The nodes' last reports, while this node leads.
     reports: Arc<hsu_control::controller::Reports>,
+    agent_dir: std::path::PathBuf,
     /// The agent's task: it ends after the agent let go of (or stopped) the units.
     units: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -161,6 +162,7 @@ impl Node {
                 membership: tokio::sync::Mutex::new(()),
                 reports: Arc::default(),
                 units: std::sync::Mutex::new(None),
+                agent_dir: dir.agent_dir(),
             }),
         };
         let _ = node_cell.set(node.clone());
@@ -197,6 +199,15 @@ impl Node {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// Where this node's agent keeps its records and the units' files.
+    pub fn agent_dir(&self) -> std::path::PathBuf {
+        self.inner.agent_dir.clone()
     }
 
     pub fn tuning(&self) -> &Tuning {

@@ -23,6 +23,8 @@ const METHOD_APPEND: u16 = 1;
 const METHOD_VOTE: u16 = 2;
 const METHOD_SNAPSHOT: u16 = 3;
 const METHOD_PEER: u16 = 10;
+/// A server stream of one unit's log file (`crate::logs::LogAsk`).
+pub(crate) const METHOD_LOGS: u16 = 11;
 
 /// The TLS server name of a node on the node-to-node endpoint.
 pub fn node_server_name(id: NodeId) -> String {
@@ -284,5 +286,27 @@ impl Handler for PeerHandler {
             other => return Err(format!("unknown method {other}")),
         };
         Ok(serve_rpc(node.store().raft(), kind, &body).await)
+    }
+
+    async fn stream(
+        &self,
+        peer: Peer,
+        method: u16,
+        body: Vec<u8>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, String> {
+        let id = match identity_of(&peer.cert_der) {
+            Ok(Identity::Node(id)) => id,
+            Ok(other) => return Err(format!("{other} may not call the node-to-node endpoint")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let node = self.node()?;
+        node.check_peer(id, &peer.cert_der)?;
+        match method {
+            METHOD_LOGS => {
+                let ask: crate::logs::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
+                node.local_log(ask)
+            }
+            other => Err(format!("unknown stream method {other}")),
+        }
     }
 }

@@ -123,6 +123,14 @@ impl NodeProc {
         self.child = Some(again.into_child());
     }
 
+    /// `hsu node run` on the same data directory and addresses.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let args = vec!["node".into(), "run".into(), "--data-dir".into(), self.dir.display().to_string()];
+        let again = NodeProc::spawn(&self.name, self.dir.clone(), self.listen, self.api, &args, None);
+        self.child = Some(again.into_child());
+    }
+
     fn into_child(mut self) -> Child {
         self.child.take().unwrap()
     }

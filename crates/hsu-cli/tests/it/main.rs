@@ -7,4 +7,5 @@ mod t10_cluster_lifecycle;
 mod t20_cli_kv_and_tokens;
 mod t30_agent;
 mod t40_deployments;
+mod t45_cut_off;
 mod t50_dev;

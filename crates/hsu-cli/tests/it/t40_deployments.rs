@@ -25,8 +25,10 @@ os.makedirs(pids, exist_ok=True)
 with open(os.path.join(pids, os.environ["HSU_UNIT"]), "w") as f:
     f.write(str(os.getpid()))
 ready = os.environ.get("READY", "1") == "1"
+print("serving", os.environ["HSU_UNIT"], "version", os.environ["VERSION"], flush=True)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        print("probed", flush=True)
         self.send_response(200 if ready else 503)
         self.end_headers()
     def log_message(self, *a):
@@ -198,6 +200,24 @@ fn deployments_spread_roll_heal_roll_back_and_say_why_they_are_pending() {
     for field in ["name", "deployment", "revision", "node", "state", "ready"] {
         assert!(!first[0][field].is_null(), "instance without {field}: {:?}", first[0]);
     }
+
+    // Logs come from every node running an instance, each line marked with its instance.
+    let logs = cli_ok(&config, nodes[0].api, &["logs", "deployment/web", "--tail", "0"]).unwrap();
+    for i in &first {
+        let name = i["name"].as_str().unwrap();
+        assert!(logs.contains(&format!("[{name}] serving {name} version 1")), "{name} missing in:\n{logs}");
+    }
+    let mut follow = crate::harness::hsu()
+        .args(["--config", config.to_str().unwrap(), "--endpoint", &nodes[1].api.to_string()])
+        .args(["logs", "-f", "--tail", "1", first[0]["name"].as_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let probed: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert!(probed.iter().all(|l| l.ends_with("probed")), "logs -f goes on with new lines: {probed:?}");
+    let _ = follow.kill();
+    let _ = follow.wait();
 
     // A rolling update: never fewer than 3 - 0 ready, never more than 3 + 1 instances.
     let sampler = Sampler::start(config.clone(), nodes[2].api);

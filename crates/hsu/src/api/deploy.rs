@@ -2,6 +2,7 @@
 
 use hsu_model::state::{DeploymentRecord, Desired};
 use hsu_proto::v1 as pb;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Need};
@@ -78,8 +79,26 @@ impl DeploymentsApi {
     }
 }
 
+type LogStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::deployments_server::Deployments for DeploymentsApi {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        authorize(&self.node, &req, Need::Read)?;
+        let r = req.into_inner();
+        if r.deployment.is_empty() == r.instance.is_empty() {
+            return Err(Status::invalid_argument("name either a deployment or an instance"));
+        }
+        let ask = crate::logs::LogAsk { unit: String::new(), stderr: r.stderr, tail: r.tail, follow: r.follow };
+        let instance = (!r.instance.is_empty()).then_some(r.instance.as_str());
+        let lines = self.node.logs(namespace_or_default(&r.namespace), &r.deployment, instance, ask).await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(lines)
+            .map(|l| Ok(pb::LogChunk { instance: l.instance, node: l.node, text: l.text }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
         let r = req.into_inner();
