@@ -11,7 +11,7 @@ use hsu_proto::v1 as pb;
 use serde_json::json;
 
 use crate::output::{print, table, Format};
-use crate::{status, Command, DescribeWhat, GetWhat, RolloutCommand};
+use crate::{status, Command, DescribeWhat, GetWhat, JobCommand, RolloutCommand};
 
 /// Reads FILE, or every *.yaml/*.yml of a directory (sorted), as (name, text).
 pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
@@ -52,6 +52,59 @@ fn deployment_json(d: &pb::DeploymentInfo) -> serde_json::Value {
         "unplaced": (!d.unplaced.is_empty()).then_some(&d.unplaced), "message": d.message,
         "failure": (!d.failure.is_empty()).then_some(&d.failure),
     })
+}
+
+fn job_json(j: &pb::JobInfo) -> serde_json::Value {
+    json!({
+        "namespace": j.namespace, "name": j.name, "completions": j.completions, "parallelism": j.parallelism,
+        "retries": j.retries, "dispatch_only": j.dispatch_only,
+        "runs": j.runs.iter().map(|r| json!({
+            "run": r.run, "phase": r.phase, "succeeded": r.succeeded, "failed": r.failed,
+            "started_ms": r.started_ms, "finished_ms": (r.finished_ms != 0).then_some(r.finished_ms), "env": r.env,
+        })).collect::<Vec<_>>(),
+        "unplaced": (!j.unplaced.is_empty()).then_some(&j.unplaced), "message": j.message,
+    })
+}
+
+/// Polls run `run` of a job until it ends: Ok when it succeeded.
+async fn wait_run(
+    api: &mut client::Deployments,
+    namespace: &str,
+    name: &str,
+    run: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let req = pb::ListRequest { namespace: namespace.into(), name: name.into() };
+        let jobs = api.list_jobs(req).await.map_err(status)?.into_inner().jobs;
+        let job = jobs.into_iter().next().ok_or_else(|| anyhow!("job {namespace}/{name} not found"))?;
+        let r = job.runs.iter().find(|r| r.run == run).ok_or_else(|| anyhow!("run {run} of job {name} is gone"))?;
+        let line =
+            format!("run {run}: {} ({}/{} succeeded, {} failed)", r.phase, r.succeeded, job.completions, r.failed);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match r.phase.as_str() {
+            "Succeeded" => return Ok(()),
+            "Failed" => bail!(
+                "run {run} of job {namespace}/{name} failed: {} failures, more than the {} retries allowed ({})",
+                r.failed,
+                job.retries,
+                job.message
+            ),
+            _ => {}
+        }
+        if !job.unplaced.is_empty() && tokio::time::Instant::now() >= deadline {
+            bail!("timed out; instances cannot be placed: {}", job.unplaced);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?}; run {run} goes on");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn instance_json(i: &pb::InstanceInfo) -> serde_json::Value {
@@ -137,8 +190,66 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
             let value: Vec<_> = list.iter().map(instance_json).collect();
             print(out, &value, |_| instances_table(&list))
         }
-        Command::Get { what: GetWhat::Jobs, .. } => {
-            bail!("jobs are not supported by this version yet")
+        Command::Get { what: GetWhat::Jobs, name, namespace } => {
+            let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
+            let list = api.list_jobs(req).await.map_err(status)?.into_inner().jobs;
+            let value: Vec<_> = list.iter().map(job_json).collect();
+            print(out, &value, |_| {
+                let rows = list
+                    .iter()
+                    .map(|j| {
+                        let last = j.runs.last();
+                        vec![
+                            j.namespace.clone(),
+                            j.name.clone(),
+                            last.map_or("-".into(), |r| r.run.to_string()),
+                            last.map_or(if j.dispatch_only { "dispatch-only" } else { "-" }.into(), |r| {
+                                r.phase.clone()
+                            }),
+                            last.map_or("-".into(), |r| format!("{}/{}", r.succeeded, j.completions)),
+                            last.map_or("-".into(), |r| r.failed.to_string()),
+                            if j.unplaced.is_empty() { j.message.clone() } else { j.unplaced.clone() },
+                        ]
+                    })
+                    .collect();
+                table(&["NAMESPACE", "NAME", "RUN", "PHASE", "SUCCEEDED", "FAILED", "MESSAGE"], rows)
+            })
+        }
+        Command::Job(JobCommand::Run { name, namespace, timeout }) => {
+            let req =
+                pb::DispatchJobRequest { namespace: namespace.clone(), name: name.clone(), env: Default::default() };
+            let run = api.dispatch_job(req).await.map_err(status)?.into_inner().run;
+            eprintln!("job/{namespace}/{name}: run {run} started");
+            wait_run(&mut api, &namespace, &name, run, timeout).await
+        }
+        Command::Job(JobCommand::Dispatch { name, namespace, env, wait, timeout }) => {
+            let req = pb::DispatchJobRequest {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                env: env.into_iter().collect(),
+            };
+            let run = api.dispatch_job(req).await.map_err(status)?.into_inner().run;
+            print(out, &json!({"job": name, "namespace": namespace, "run": run}), |_| {
+                format!("job/{namespace}/{name}: run {run} started\n")
+            })?;
+            if wait {
+                wait_run(&mut api, &namespace, &name, run, timeout).await?;
+            }
+            Ok(())
+        }
+        Command::Delete { what: DescribeWhat::Job, name, namespace } => {
+            api.delete_job(pb::NameRequest { namespace: namespace.clone(), name: name.clone() })
+                .await
+                .map_err(status)?;
+            print(out, &json!({"deleted": format!("job/{namespace}/{name}")}), |_| {
+                format!("job/{namespace}/{name} deleted\n")
+            })
+        }
+        Command::Describe { what: DescribeWhat::Job, name, namespace } => {
+            let req = pb::ListRequest { namespace, name };
+            let list = api.list_jobs(req).await.map_err(status)?.into_inner().jobs;
+            let value: Vec<_> = list.iter().map(job_json).collect();
+            print(out, &value, |_| serde_json::to_string_pretty(&value).unwrap_or_default() + "\n")
         }
         Command::Describe { what: DescribeWhat::Deployment, name, namespace } => {
             let d = api.describe(pb::NameRequest { namespace, name }).await.map_err(status)?.into_inner();

@@ -90,6 +90,9 @@ enum Command {
     /// Follow and steer rollouts.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Run applied jobs again, or with parameters.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Print the logs of a deployment's instances (deployment/NAME) or of one instance (NAME),
     /// from whichever nodes run them; each line starts with its instance.
     Logs {
@@ -141,6 +144,35 @@ enum GetWhat {
 enum DescribeWhat {
     #[value(alias = "deployments", alias = "deploy")]
     Deployment,
+    #[value(alias = "jobs")]
+    Job,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Start a new run of an applied job and wait for it to end: exit 0 when it succeeded.
+    Run {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Give up waiting after this long (exit 1; the run goes on).
+        #[arg(long, value_parser = duration, default_value = "10m")]
+        timeout: Duration,
+    },
+    /// Start a new run with parameters added to its units' environment; prints the run's number.
+    Dispatch {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// KEY=VALUE, repeatable (names may not start with HSU_).
+        #[arg(long = "env", value_parser = label)]
+        env: Vec<(String, String)>,
+        /// Wait for the run to end, as `job run` does.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_parser = duration, default_value = "10m")]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -506,6 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Describe { .. }
         | Command::Delete { .. }
         | Command::Rollout(_)
+        | Command::Job(_)
         | Command::Logs { .. }) => {
             deploy::command(&load_config(&cli.config)?, cli.endpoint.as_deref(), cli.output, command).await
         }
@@ -919,6 +952,7 @@ async fn client_command(
         | Command::Describe { .. }
         | Command::Delete { .. }
         | Command::Rollout(_)
+        | Command::Job(_)
         | Command::Logs { .. }
         | Command::Dev { .. } => unreachable!("handled before"),
     }

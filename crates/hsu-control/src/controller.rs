@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hsu_model::state::{
-    self, DeploymentRecord, Desired, InstanceRecord, InstanceReport, Json, NodeReport, OwnerKind, RevisionRecord,
+    self, DeploymentRecord, Desired, InstanceRecord, InstanceReport, JobRecord, Json, NodeReport, OwnerKind,
+    RevisionRecord,
 };
+use hsu_model::unit::UnitName;
 use hsu_model::{decode_record, encode_record, NodeId};
 use hsu_store::{Compare, CompareOp, CompareTarget, KeyRange, KeyValue, Op, Store, Txn};
 use rand::Rng;
@@ -19,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::jobs;
 use crate::rollout::{self, InstanceView, Observed, Stable};
 use crate::scheduler::{self, Ask, Held, NodeView};
 
@@ -147,18 +150,139 @@ fn put(key: String, value: Vec<u8>) -> Op {
     Op::Put { key: key.into_bytes(), value, lease: 0 }
 }
 
-/// One pass over every deployment. `leading_for`: how long this node has led, so that nodes
-/// that have not reported yet are not taken for down before the grace period has passed.
+/// The state one pass works from.
+struct World<'a> {
+    now_ms: u64,
+    config: &'a ControllerConfig,
+    leading_for: Duration,
+    reports: BTreeMap<NodeId, (Duration, NodeReport)>,
+    instances: Vec<(KeyValue, InstanceRecord)>,
+    nodes: Vec<NodeView>,
+    /// Resources held on each node, updated as instances are placed in this pass.
+    held: Vec<Held>,
+    /// Instance ids in use, those made in this pass included.
+    taken: BTreeSet<String>,
+}
+
+impl World<'_> {
+    fn observe(&self, i: &InstanceRecord) -> Observed {
+        match self.reports.get(&i.node) {
+            Some((age, _)) if *age >= self.config.node_grace => Observed::NodeDown,
+            Some((age, r)) => match r.instances.iter().find(|x| x.id == i.id) {
+                // Ready for as long as the node said, plus the time since it said so.
+                Some(x) if x.ready => Observed::Reported(InstanceReport {
+                    ready_for_ms: x.ready_for_ms + age.as_millis() as u64,
+                    ..x.clone()
+                }),
+                Some(x) => Observed::Reported(x.clone()),
+                None if r.seen_revision >= i_mod(&self.instances, &i.id) => Observed::Absent,
+                None => Observed::Unknown,
+            },
+            None if self.leading_for >= self.config.node_grace => Observed::NodeDown,
+            None => Observed::Unknown,
+        }
+    }
+
+    fn owned(&self, kind: OwnerKind, namespace: &str, name: &str) -> Vec<(KeyValue, InstanceRecord)> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.owner_kind == kind && i.namespace == namespace && i.owner == name)
+            .cloned()
+            .collect()
+    }
+
+    fn views(&self, mine: &[(KeyValue, InstanceRecord)]) -> Vec<InstanceView> {
+        mine.iter()
+            .map(|(_, i)| InstanceView {
+                id: i.id.clone(),
+                revision: i.revision,
+                node: i.node,
+                desired: i.desired,
+                created_ms: i.created_ms,
+                observed: self.observe(i),
+            })
+            .collect()
+    }
+
+    /// Places `count` instances made by `make(id, node)`; adds them to `txn`. Returns why some
+    /// could not be placed.
+    /// Instance ids are `<name>-<6 characters>`.
+    fn create(
+        &mut self,
+        txn: &mut Txn,
+        ask: &Ask<'_>,
+        name: &str,
+        count: u32,
+        make: impl Fn(String, NodeId) -> Result<InstanceRecord, String>,
+    ) -> Result<Option<String>, String> {
+        let (placed, why) = scheduler::place(&self.nodes, &self.held, ask, count as usize);
+        for node in placed {
+            let id = instance_id(name, &self.taken);
+            self.taken.insert(id.clone());
+            let inst = make(id.clone(), node)?;
+            self.held.push(Held { node, resources: ask.resources, owner: ask.owner.clone() });
+            let key = state::instance_key(node, &id);
+            txn.compare.push(same(key.as_bytes(), 0));
+            txn.success.push(put(key, encode(&inst)?));
+        }
+        Ok(why)
+    }
+}
+
+/// Adds to `txn` the deletes and stop marks of `mine`, each compared on its mod revision.
+fn stop_and_delete(
+    txn: &mut Txn,
+    mine: &[(KeyValue, InstanceRecord)],
+    stop: &[String],
+    delete: &[String],
+) -> Result<(), String> {
+    for (kv, i) in mine {
+        if delete.contains(&i.id) {
+            txn.compare.push(same(&kv.key, kv.mod_revision));
+            txn.success.push(Op::Delete { range: KeyRange::Key(kv.key.clone()) });
+        } else if stop.contains(&i.id) && i.desired == Desired::Run {
+            let mut stopped = i.clone();
+            stopped.desired = Desired::Stop;
+            txn.compare.push(same(&kv.key, kv.mod_revision));
+            txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
+        }
+    }
+    Ok(())
+}
+
+async fn commit(store: &Store, txn: Txn, what: &str) -> Result<(), String> {
+    if txn.success.is_empty() {
+        return Ok(());
+    }
+    match store.txn(txn).await {
+        Ok(r) if r.succeeded => Ok(()),
+        Ok(_) => {
+            debug!(%what, "step lost a race; next pass");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Keys under `prefix` (records that do not decode included), as `namespace/name`.
+fn owner_keys(store: &Store, prefix: &str) -> BTreeSet<String> {
+    store
+        .range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0)
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+        .collect()
+}
+
+/// One pass over every deployment and job. `leading_for`: how long this node has led, so that
+/// nodes that have not reported yet are not taken for down before the grace period has passed.
 pub async fn pass(
     store: &Store,
     reports: &Reports,
     config: &ControllerConfig,
     leading_for: Duration,
 ) -> Result<(), String> {
-    let now_ms = now_ms();
     let reports = reports.snapshot();
-    let deployments: Vec<(KeyValue, DeploymentRecord)> = list(store, state::DEPLOYMENTS);
-    let instances: Vec<(KeyValue, InstanceRecord)> = list(store, state::INSTANCES);
     let nodes: Vec<NodeView> = reports
         .iter()
         .map(|(id, (age, r))| NodeView {
@@ -169,156 +293,143 @@ pub async fn pass(
             up: *age < config.node_grace,
         })
         .collect();
-    let observe = |i: &InstanceRecord| -> Observed {
-        match reports.get(&i.node) {
-            Some((age, _)) if *age >= config.node_grace => Observed::NodeDown,
-            Some((_, r)) => match r.instances.iter().find(|x| x.id == i.id) {
-                // Ready for as long as the node said, plus the time since it said so.
-                Some(x) if x.ready => Observed::Reported(InstanceReport {
-                    ready_for_ms: x.ready_for_ms + age_ms(reports.get(&i.node)),
-                    ..x.clone()
-                }),
-                Some(x) => Observed::Reported(x.clone()),
-                None if r.seen_revision >= i_mod(&instances, &i.id) => Observed::Absent,
-                None => Observed::Unknown,
-            },
-            None if leading_for >= config.node_grace => Observed::NodeDown,
-            None => Observed::Unknown,
-        }
-    };
-    let mut held: Vec<Held> = instances
+    let instances: Vec<(KeyValue, InstanceRecord)> = list(store, state::INSTANCES);
+    let held = instances
         .iter()
         .map(|(_, i)| Held { node: i.node, resources: i.resources.0, owner: format!("{}/{}", i.namespace, i.owner) })
         .collect();
+    let taken = instances.iter().map(|(_, i)| i.id.clone()).collect();
+    let mut w = World { now_ms: now_ms(), config, leading_for, reports, instances, nodes, held, taken };
+    let now_ms = w.now_ms;
 
-    // Owners by key, records that do not decode included: instances are orphans only when their
-    // deployment's key is gone, never because its record could not be read.
-    let owners: BTreeSet<String> = store
-        .range_local(&KeyRange::Prefix(state::DEPLOYMENTS.as_bytes().to_vec()), 0)
-        .kvs
-        .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key[state::DEPLOYMENTS.len()..]).into_owned())
-        .collect();
-    for (kv, rec) in &deployments {
+    for (kv, rec) in list::<DeploymentRecord>(store, state::DEPLOYMENTS) {
         let owner = format!("{}/{}", rec.namespace, rec.name);
-        let mine: Vec<&(KeyValue, InstanceRecord)> = instances
-            .iter()
-            .filter(|(_, i)| {
-                i.owner_kind == OwnerKind::Deployment && i.namespace == rec.namespace && i.owner == rec.name
-            })
-            .collect();
-        let views: Vec<InstanceView> = mine
-            .iter()
-            .map(|(_, i)| InstanceView {
-                id: i.id.clone(),
-                revision: i.revision,
-                node: i.node,
-                desired: i.desired,
-                created_ms: i.created_ms,
-                observed: observe(i),
-            })
-            .collect();
+        let mine = w.owned(OwnerKind::Deployment, &rec.namespace, &rec.name);
+        let views = w.views(&mine);
         let revisions: Vec<(KeyValue, RevisionRecord)> =
             list(store, &state::revisions_prefix(&rec.namespace, &rec.name));
         let stable = revisions
             .iter()
             .find(|(_, r)| r.number == rec.stable_revision)
             .map(|(_, r)| Stable { template: &r.template.0, resources: r.resources.0 });
-        let step = rollout::step(rec, &views, stable, now_ms);
+        let step = rollout::step(&rec, &views, stable, now_ms);
         if step.create == 0 && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
             continue;
         }
         let mut next = step.record.clone().unwrap_or_else(|| rec.clone());
         let mut txn = Txn { compare: vec![same(&kv.key, kv.mod_revision)], ..Txn::default() };
-        for (ikv, i) in &mine {
-            if step.delete.contains(&i.id) {
-                txn.compare.push(same(&ikv.key, ikv.mod_revision));
-                txn.success.push(Op::Delete { range: KeyRange::Key(ikv.key.clone()) });
-            } else if step.stop.contains(&i.id) {
-                let mut stopped = i.clone();
-                stopped.desired = Desired::Stop;
-                txn.compare.push(same(&ikv.key, ikv.mod_revision));
-                txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
-            }
-        }
+        stop_and_delete(&mut txn, &mine, &step.stop, &step.delete)?;
         if step.create > 0 {
-            let spec = &next.spec.0;
+            let spec = next.spec.0.clone();
+            let (ns, name, revision) = (rec.namespace.clone(), rec.name.clone(), next.revision);
             let ask = Ask { owner: owner.clone(), resources: spec.resources, placement: &spec.placement };
-            let (placed, why) = scheduler::place(&nodes, &held, &ask, step.create as usize);
-            for node in placed {
-                let id = instance_id(&rec.name, &instances);
+            let why = w.create(&mut txn, &ask, &rec.name, step.create, |id, node| {
                 let mut unit = spec.template.clone();
-                unit.name = hsu_model::unit::UnitName::new(&id).map_err(|e| format!("instance name {id}: {e}"))?;
-                let inst = InstanceRecord {
-                    id: id.clone(),
-                    namespace: rec.namespace.clone(),
-                    owner: rec.name.clone(),
+                unit.name = UnitName::new(&id).map_err(|e| format!("instance name {id}: {e}"))?;
+                Ok(InstanceRecord {
+                    id,
+                    namespace: ns.clone(),
+                    owner: name.clone(),
                     owner_kind: OwnerKind::Deployment,
-                    revision: next.revision,
+                    revision,
                     node,
                     unit: Json(unit),
                     resources: Json(spec.resources),
                     desired: Desired::Run,
                     created_ms: now_ms,
-                };
-                held.push(Held { node, resources: spec.resources, owner: owner.clone() });
-                let key = state::instance_key(node, &id);
-                txn.compare.push(same(key.as_bytes(), 0));
-                txn.success.push(put(key, encode(&inst)?));
-            }
+                })
+            })?;
             if why != next.unplaced {
                 if let Some(w) = &why {
                     next.push_event(now_ms, format!("cannot place instances: {w}"));
                 }
                 next.unplaced = why;
             }
-        } else if next.unplaced.is_some() && step.create == 0 {
+        } else if next.unplaced.is_some() {
             next.unplaced = None;
         }
-        if next != *rec {
+        if next != rec {
             txn.success.push(put(state::deployment_key(&rec.namespace, &rec.name), encode(&next)?));
         }
-        if txn.success.is_empty() {
-            continue;
-        }
-        match store.txn(txn).await {
-            Ok(r) if r.succeeded => {
-                if !step.stop.is_empty() || step.create > 0 || !step.delete.is_empty() {
-                    debug!(deployment = %owner, create = step.create, stop = ?step.stop, delete = ?step.delete, "rollout step");
-                }
-            }
-            Ok(_) => debug!(deployment = %owner, "rollout step lost a race; next pass"),
-            Err(e) => return Err(e.to_string()),
-        }
+        debug!(deployment = %owner, create = step.create, stop = ?step.stop, delete = ?step.delete, "rollout step");
+        commit(store, txn, &owner).await?;
     }
-    // Instances whose deployment is gone: stop them, then delete their records.
-    let mut txn = Txn::default();
-    for (kv, i) in &instances {
-        if i.owner_kind != OwnerKind::Deployment || owners.contains(&format!("{}/{}", i.namespace, i.owner)) {
+
+    for (kv, rec) in list::<JobRecord>(store, state::JOBS) {
+        let owner = format!("{}/{}", rec.namespace, rec.name);
+        let mine = w.owned(OwnerKind::Job, &rec.namespace, &rec.name);
+        let views = w.views(&mine);
+        let step = jobs::step(&rec, &views, now_ms);
+        if step.create.is_empty() && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
             continue;
         }
-        let observed = observe(i);
+        let mut next = step.record.clone().unwrap_or_else(|| rec.clone());
+        let mut txn = Txn { compare: vec![same(&kv.key, kv.mod_revision)], ..Txn::default() };
+        stop_and_delete(&mut txn, &mine, &step.stop, &step.delete)?;
+        let mut unplaced = None;
+        for (run, count) in &step.create {
+            let spec = next.spec.0.clone();
+            let unit = jobs::unit_for(&next, *run)?;
+            let (ns, name) = (rec.namespace.clone(), rec.name.clone());
+            let ask = Ask { owner: owner.clone(), resources: spec.resources, placement: &spec.placement };
+            let why = w.create(&mut txn, &ask, &rec.name, *count, |id, node| {
+                let mut unit = unit.clone();
+                unit.name = UnitName::new(&id).map_err(|e| format!("instance name {id}: {e}"))?;
+                Ok(InstanceRecord {
+                    id,
+                    namespace: ns.clone(),
+                    owner: name.clone(),
+                    owner_kind: OwnerKind::Job,
+                    revision: *run,
+                    node,
+                    unit: Json(unit),
+                    resources: Json(spec.resources),
+                    desired: Desired::Run,
+                    created_ms: now_ms,
+                })
+            })?;
+            unplaced = unplaced.or(why);
+        }
+        if unplaced != next.unplaced {
+            if let Some(w) = &unplaced {
+                next.push_event(now_ms, format!("cannot place instances: {w}"));
+            }
+            next.unplaced = unplaced;
+        }
+        if next != rec {
+            txn.success.push(put(state::job_key(&rec.namespace, &rec.name), encode(&next)?));
+        }
+        debug!(job = %owner, create = ?step.create, stop = ?step.stop, delete = ?step.delete, "job step");
+        commit(store, txn, &owner).await?;
+    }
+
+    // Instances whose deployment or job is gone (its key, not just a record that fails to
+    // decode): stop them, then delete their records.
+    let deployments = owner_keys(store, state::DEPLOYMENTS);
+    let jobs = owner_keys(store, state::JOBS);
+    let mut txn = Txn::default();
+    for (kv, i) in &w.instances {
+        let owners = match i.owner_kind {
+            OwnerKind::Deployment => &deployments,
+            OwnerKind::Job => &jobs,
+        };
+        if owners.contains(&format!("{}/{}", i.namespace, i.owner)) {
+            continue;
+        }
+        let observed = w.observe(i);
         let gone = matches!(observed, Observed::NodeDown | Observed::Absent)
             || matches!(&observed, Observed::Reported(r) if is_down(r));
-        txn.compare.push(same(&kv.key, kv.mod_revision));
         if gone {
+            txn.compare.push(same(&kv.key, kv.mod_revision));
             txn.success.push(Op::Delete { range: KeyRange::Key(kv.key.clone()) });
         } else if i.desired == Desired::Run {
             let mut stopped = i.clone();
             stopped.desired = Desired::Stop;
+            txn.compare.push(same(&kv.key, kv.mod_revision));
             txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
-        } else {
-            txn.compare.pop();
         }
     }
-    if !txn.success.is_empty() {
-        store.txn(txn).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-fn age_ms(r: Option<&(Duration, NodeReport)>) -> u64 {
-    r.map_or(0, |(age, _)| age.as_millis() as u64)
+    commit(store, txn, "orphans").await
 }
 
 fn is_down(r: &InstanceReport) -> bool {
@@ -334,13 +445,13 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
 }
 
 /// `<name>-<6 random characters>`, not used by any instance yet.
-fn instance_id(name: &str, instances: &[(KeyValue, InstanceRecord)]) -> String {
+fn instance_id(name: &str, taken: &BTreeSet<String>) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
     loop {
         let suffix: String = (0..6).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
         let id = format!("{name}-{suffix}");
-        if !instances.iter().any(|(_, i)| i.id == id) {
+        if !taken.contains(&id) {
             return id;
         }
     }

@@ -9,5 +9,6 @@
 //! the old one left it.
 
 pub mod controller;
+pub mod jobs;
 pub mod rollout;
 pub mod scheduler;

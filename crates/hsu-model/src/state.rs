@@ -191,30 +191,86 @@ pub enum OwnerKind {
     Job,
 }
 
-/// `/jobs/<ns>/<name>`: an applied job and its runs so far.
+/// `/jobs/<ns>/<name>`: an applied job and its runs. Applying it starts run 1 (unless it is
+/// dispatch-only); a changed spec starts a new run; `hsu job dispatch` starts one with parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub namespace: String,
     pub name: String,
     pub spec: Json<JobSpec>,
     pub generation: u64,
-    /// Dispatches so far; each asks for `completions` successful runs.
-    pub dispatches: u64,
-    pub succeeded: u32,
-    pub failed: u32,
-    pub phase: JobPhase,
+    /// The newest runs (at most [`MAX_RUNS`]), oldest first.
+    pub runs: Vec<JobRun>,
+    pub next_run: u64,
+    /// Why instances of a run could not be placed, if some could not.
     pub unplaced: Option<String>,
     pub events: Vec<Event>,
     pub created_ms: u64,
 }
 
+/// Runs kept per job.
+pub const MAX_RUNS: usize = 20;
+
+impl JobRecord {
+    pub fn push_event(&mut self, at_ms: u64, message: String) {
+        self.events.push(Event { at_ms, message });
+        if self.events.len() > MAX_EVENTS {
+            self.events.remove(0);
+        }
+    }
+
+    /// Starts a new run with these parameters; returns its number.
+    pub fn start_run(&mut self, env: BTreeMap<String, String>, now_ms: u64) -> u64 {
+        let id = self.next_run;
+        self.next_run += 1;
+        self.runs.push(JobRun {
+            id,
+            env,
+            succeeded: 0,
+            failed: 0,
+            phase: JobPhase::Running,
+            started_ms: now_ms,
+            finished_ms: None,
+        });
+        if self.runs.len() > MAX_RUNS {
+            // Drop the oldest finished run (a running one stays, however old).
+            if let Some(i) = self.runs.iter().position(|r| r.phase != JobPhase::Running) {
+                self.runs.remove(i);
+            }
+        }
+        self.push_event(now_ms, format!("run {id} started"));
+        id
+    }
+}
+
+/// One run of a job: `completions` successful exits wanted, `retries` failures tolerated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub id: u64,
+    /// Parameters of a dispatch, added to the unit's environment.
+    pub env: BTreeMap<String, String>,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub phase: JobPhase,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobPhase {
-    /// Nothing to run (a dispatch-only job that was not dispatched, or all runs done).
-    Idle,
     Running,
     Succeeded,
     Failed,
+}
+
+impl fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobPhase::Running => "Running",
+            JobPhase::Succeeded => "Succeeded",
+            JobPhase::Failed => "Failed",
+        })
+    }
 }
 
 /// What a node tells the master, about once a second and at once when something changes.

@@ -476,6 +476,20 @@ impl<'de> Deserialize<'de> for Command {
 pub struct EnvName(String);
 
 impl EnvName {
+    pub fn new(s: &str) -> Result<EnvName, String> {
+        let mut chars = s.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "environment variable name {s:?} is invalid; expected letters, digits and '_', not starting with a digit"
+            ));
+        }
+        if s.starts_with("HSU_") {
+            return Err(format!("environment variable {s:?}: names starting with HSU_ are set by the agent"));
+        }
+        Ok(EnvName(s.to_string()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -483,20 +497,7 @@ impl EnvName {
 
 impl<'de> Deserialize<'de> for EnvName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let mut chars = s.chars();
-        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(de::Error::custom(format!(
-                "environment variable name {s:?} is invalid; expected letters, digits and '_', not starting with a digit"
-            )));
-        }
-        if s.starts_with("HSU_") {
-            return Err(de::Error::custom(format!(
-                "environment variable {s:?}: names starting with HSU_ are set by the agent"
-            )));
-        }
-        Ok(EnvName(s))
+        EnvName::new(&String::deserialize(d)?).map_err(de::Error::custom)
     }
 }
 

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use hsu_control::rollout;
+use hsu_control::{jobs, rollout};
 use hsu_model::deploy::{parse_documents, Object, Source};
-use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, NodeReport, RevisionRecord};
+use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
 use hsu_model::NodeId;
 use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, KeyRange, KeyValue, Op, Request, Txn};
 use serde::de::DeserializeOwned;
@@ -85,18 +85,43 @@ impl Node {
     ) -> Result<Vec<AppliedObject>, PeerError> {
         let sources: Vec<Source<'_>> = files.iter().map(|(f, t)| Source { file: f, text: t }).collect();
         let docs = parse_documents(&sources).map_err(|e| PeerError::Invalid(e.0))?;
-        if let Some(job) = docs.iter().find(|d| matches!(d.object, Object::Job(_))) {
-            return Err(PeerError::Invalid(format!(
-                "{}: line {}: kind Job is not supported by this version yet; nothing was applied",
-                job.file, job.line
-            )));
-        }
         for _attempt in 0..10 {
             let now = records::now_ms();
             let mut txn = Txn::default();
             let mut applied = Vec::new();
             for doc in &docs {
-                let Object::Deployment(d) = &doc.object else { continue };
+                let d = match &doc.object {
+                    Object::Deployment(d) => d,
+                    Object::Job(j) => {
+                        let (ns, name) = (j.metadata.namespace.as_str(), j.metadata.name.as_str());
+                        let key = state::job_key(ns, name);
+                        let existing: Option<(KeyValue, JobRecord)> =
+                            self.list_records(&key).await?.into_iter().find(|(kv, _)| kv.key == key.as_bytes());
+                        txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
+                        let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, now);
+                        let result = match (&existing, &next) {
+                            (None, _) => "created",
+                            (Some(_), None) => "unchanged",
+                            (Some(_), Some(_)) => "configured",
+                        };
+                        let run = next
+                            .as_ref()
+                            .or(existing.as_ref().map(|(_, r)| r))
+                            .and_then(|r| r.runs.last())
+                            .map_or(0, |r| r.id);
+                        if let Some(rec) = next {
+                            txn.success.push(put(key, &rec));
+                        }
+                        applied.push(AppliedObject {
+                            kind: "Job".into(),
+                            namespace: ns.into(),
+                            name: name.into(),
+                            result,
+                            revision: run,
+                        });
+                        continue;
+                    }
+                };
                 let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
                 let key = state::deployment_key(ns, name);
                 let existing: Option<(KeyValue, DeploymentRecord)> =
@@ -302,5 +327,69 @@ impl Node {
             }
         }
         Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
+    }
+}
+
+impl Node {
+    /// Jobs, optionally of one namespace and name.
+    pub async fn jobs_view(&self, namespace: &str, name: &str) -> Result<Vec<JobRecord>, PeerError> {
+        let jobs: Vec<(KeyValue, JobRecord)> = self.list_records(state::JOBS).await?;
+        Ok(jobs
+            .into_iter()
+            .map(|(_, j)| j)
+            .filter(|j| (namespace.is_empty() || j.namespace == namespace) && (name.is_empty() || j.name == name))
+            .collect())
+    }
+
+    /// Starts a new run of an applied job with `env` added to its units' environment; returns
+    /// the run's number.
+    pub async fn dispatch_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<u64, PeerError> {
+        for k in env.keys() {
+            hsu_model::unit::EnvName::new(k).map_err(|e| PeerError::Invalid(format!("env: {e}")))?;
+        }
+        let key = state::job_key(namespace, name);
+        for _attempt in 0..10 {
+            let (kv, mut rec): (KeyValue, JobRecord) = self
+                .list_records(&key)
+                .await?
+                .into_iter()
+                .find(|(kv, _)| kv.key == key.as_bytes())
+                .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
+            let run = rec.start_run(env.clone(), records::now_ms());
+            let txn = Txn {
+                compare: vec![same(&kv.key, kv.mod_revision)],
+                success: vec![put(key.clone(), &rec)],
+                failure: vec![],
+            };
+            if let hsu_store::Response::Txn(r) = self.propose(Request::Txn(txn)).await? {
+                if r.succeeded {
+                    return Ok(run);
+                }
+            }
+        }
+        Err(hsu_store::Error::Unavailable("the job kept changing; try again".into()).into())
+    }
+
+    /// Deletes a job; the controller stops its instances.
+    pub async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
+        let key = state::job_key(namespace, name);
+        let (kv, _): (KeyValue, JobRecord) = self
+            .list_records(&key)
+            .await?
+            .into_iter()
+            .find(|(kv, _)| kv.key == key.as_bytes())
+            .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
+        let txn = Txn {
+            compare: vec![same(&kv.key, kv.mod_revision)],
+            success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],
+            failure: vec![],
+        };
+        self.propose(Request::Txn(txn)).await?;
+        Ok(())
     }
 }

@@ -9,3 +9,4 @@ mod t30_agent;
 mod t40_deployments;
 mod t45_cut_off;
 mod t50_dev;
+mod t60_jobs;

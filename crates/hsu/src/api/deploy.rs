@@ -43,6 +43,33 @@ fn info(v: &DeploymentView) -> pb::DeploymentInfo {
     }
 }
 
+fn job_info(j: &hsu_model::state::JobRecord) -> pb::JobInfo {
+    let spec = &j.spec.0;
+    pb::JobInfo {
+        namespace: j.namespace.clone(),
+        name: j.name.clone(),
+        completions: spec.completions,
+        parallelism: spec.parallelism,
+        retries: spec.retries,
+        dispatch_only: spec.dispatch_only,
+        runs: j
+            .runs
+            .iter()
+            .map(|r| pb::JobRunInfo {
+                run: r.id,
+                phase: r.phase.to_string(),
+                succeeded: r.succeeded,
+                failed: r.failed,
+                started_ms: r.started_ms,
+                finished_ms: r.finished_ms.unwrap_or(0),
+                env: r.env.clone().into_iter().collect(),
+            })
+            .collect(),
+        unplaced: j.unplaced.clone().unwrap_or_default(),
+        message: j.events.last().map(|e| e.message.clone()).unwrap_or_default(),
+    }
+}
+
 fn instance(v: &InstanceView) -> pb::InstanceInfo {
     let r = &v.record;
     pb::InstanceInfo {
@@ -84,6 +111,37 @@ type LogStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::LogChun
 #[tonic::async_trait]
 impl pb::deployments_server::Deployments for DeploymentsApi {
     type LogsStream = LogStream;
+
+    async fn list_jobs(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        authorize(&self.node, &req, Need::Read)?;
+        let r = req.into_inner();
+        let jobs = self.node.jobs_view(&r.namespace, &r.name).await?;
+        if !r.name.is_empty() && jobs.is_empty() {
+            return Err(Status::not_found(format!("job {:?} not found", r.name)));
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.iter().map(job_info).collect() }))
+    }
+
+    async fn dispatch_job(
+        &self,
+        req: Request<pb::DispatchJobRequest>,
+    ) -> Result<Response<pb::DispatchJobResponse>, Status> {
+        authorize(&self.node, &req, Need::Write)?;
+        let r = req.into_inner();
+        let run =
+            self.node.dispatch_job(namespace_or_default(&r.namespace), &r.name, r.env.into_iter().collect()).await?;
+        Ok(Response::new(pb::DispatchJobResponse { run }))
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::NameRequest>,
+    ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
+        authorize(&self.node, &req, Need::Write)?;
+        let r = req.into_inner();
+        self.node.delete_job(namespace_or_default(&r.namespace), &r.name).await?;
+        Ok(Response::new(pb::DeleteDeploymentResponse {}))
+    }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         authorize(&self.node, &req, Need::Read)?;
