@@ -21,6 +21,11 @@ bench:
 
 # Real hsu processes against a 3-member etcd (when `etcd` is on PATH): puts, reads, RSS, failover.
 # Builds the hsu binary it starts first, so it never measures a stale one.
+# Deployments on 3 real nodes: apply -> all ready for 1/10/100 replicas, idle cost with 30 units.
+bench-deploy:
+    cargo build --release -p hsu-cli
+    cargo run --release -p hsu-bench -- deploy
+
 bench-store:
     cargo build --release -p hsu-cli
     cargo run --release -p hsu-bench -- store
