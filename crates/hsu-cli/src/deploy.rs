@@ -150,14 +150,12 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
                     .iter()
                     .map(|o| {
                         let dry = if dry_run { " (dry run)" } else { "" };
-                        format!(
-                            "{}/{}/{} {}{dry} (revision {})\n",
-                            o.kind.to_lowercase(),
-                            o.namespace,
-                            o.name,
-                            o.result,
-                            o.revision
-                        )
+                        let at = match (o.kind.as_str(), o.revision) {
+                            ("Job", 0) => "no run: dispatch-only".to_string(),
+                            ("Job", n) => format!("run {n}"),
+                            (_, n) => format!("revision {n}"),
+                        };
+                        format!("{}/{}/{} {}{dry} ({at})\n", o.kind.to_lowercase(), o.namespace, o.name, o.result)
                     })
                     .collect()
             })
