@@ -17,6 +17,7 @@ import importlib
 import os
 import signal
 import sys
+import shutil
 import tempfile
 import threading
 from concurrent import futures
@@ -37,7 +38,12 @@ def load_stubs():
     if rc != 0:
         sys.exit(f"protoc exited {rc} on {proto_root}/hsu/core/v1/core.proto")
     sys.path.insert(0, out)
-    return importlib.import_module("hsu.core.v1.core_pb2"), importlib.import_module("hsu.core.v1.core_pb2_grpc")
+    try:
+        return importlib.import_module("hsu.core.v1.core_pb2"), importlib.import_module("hsu.core.v1.core_pb2_grpc")
+    finally:
+        # Imported modules live in memory: the generated files are not needed any more.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def main():
