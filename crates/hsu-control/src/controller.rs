@@ -59,7 +59,8 @@ impl Reports {
 pub struct ControllerConfig {
     /// A node that has not reported for this long is down; its instances are replaced.
     pub node_grace: Duration,
-    /// The longest pause between passes (changes and reports start one sooner).
+    /// The longest pause between passes: changes of deployments, jobs and instances and changed
+    /// reports start one at once.
     pub interval: Duration,
 }
 
@@ -105,6 +106,11 @@ pub async fn run(
         info!(term, "leading: the controllers run here");
         reports.clear();
         let since = Instant::now();
+        let from = store.applied_index() + 1;
+        let mut watchers: Vec<hsu_store::Watcher> = [state::DEPLOYMENTS, state::JOBS, state::INSTANCES]
+            .iter()
+            .filter_map(|p| store.watch(KeyRange::Prefix(p.as_bytes().to_vec()), from).ok())
+            .collect();
         loop {
             let still = {
                 let m = metrics.borrow();
@@ -118,10 +124,12 @@ pub async fn run(
             if let Err(e) = pass(&store, &reports, &config, since.elapsed()).await {
                 debug!("controller pass: {e}");
             }
+            // The next pass: when deployments, jobs or instances change, when a report changes,
+            // or after `interval` (deadlines, node liveness, leadership).
             tokio::select! {
                 () = tokio::time::sleep(config.interval) => {}
                 () = reports.changed.notified() => {}
-                _ = metrics.changed() => {}
+                () = state_changed(&mut watchers) => {}
                 () = &mut stop => return,
             }
         }
@@ -183,10 +191,10 @@ impl World<'_> {
         }
     }
 
-    fn owned(&self, kind: OwnerKind, namespace: &str, name: &str) -> Vec<(KeyValue, InstanceRecord)> {
+    fn owned(&self, kind: OwnerKind, namespace: &str, name: &str, uid: &str) -> Vec<(KeyValue, InstanceRecord)> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.owner_kind == kind && i.namespace == namespace && i.owner == name)
+            .filter(|(_, i)| i.owner_kind == kind && i.namespace == namespace && i.owner == name && i.owner_uid == uid)
             .cloned()
             .collect()
     }
@@ -264,13 +272,45 @@ async fn commit(store: &Store, txn: Txn, what: &str) -> Result<(), String> {
     }
 }
 
-/// Keys under `prefix` (records that do not decode included), as `namespace/name`.
-fn owner_keys(store: &Store, prefix: &str) -> BTreeSet<String> {
+/// Resolves when any of `watchers` sees a change (never, when there are none), after taking
+/// every change already there: one pass covers them all. A watcher that fails (its history was
+/// compacted) is dropped; the interval still starts passes.
+async fn state_changed(watchers: &mut Vec<hsu_store::Watcher>) {
+    use futures::FutureExt;
+    if watchers.is_empty() {
+        return std::future::pending().await;
+    }
+    let (result, index, rest) = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.next()))).await;
+    drop(rest);
+    if result.is_err() {
+        watchers.remove(index);
+        return;
+    }
+    for w in watchers.iter_mut() {
+        for _ in 0..10_000 {
+            match w.next().now_or_never() {
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Owners under `prefix` as `namespace/name` → their uid, or `None` for a record that does not
+/// decode (whose instances are then left alone rather than taken for orphans).
+fn owner_keys<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+    uid: impl Fn(&T) -> String,
+) -> BTreeMap<String, Option<String>> {
     store
         .range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0)
         .kvs
         .iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+        .map(|kv| {
+            let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            (key, decode_record::<T>(&kv.value).ok().map(|r| uid(&r)))
+        })
         .collect()
 }
 
@@ -304,7 +344,7 @@ pub async fn pass(
 
     for (kv, rec) in list::<DeploymentRecord>(store, state::DEPLOYMENTS) {
         let owner = format!("{}/{}", rec.namespace, rec.name);
-        let mine = w.owned(OwnerKind::Deployment, &rec.namespace, &rec.name);
+        let mine = w.owned(OwnerKind::Deployment, &rec.namespace, &rec.name, &rec.uid);
         let views = w.views(&mine);
         let revisions: Vec<(KeyValue, RevisionRecord)> =
             list(store, &state::revisions_prefix(&rec.namespace, &rec.name));
@@ -313,15 +353,17 @@ pub async fn pass(
             .find(|(_, r)| r.number == rec.stable_revision)
             .map(|(_, r)| Stable { template: &r.template.0, resources: r.resources.0 });
         let step = rollout::step(&rec, &views, stable, now_ms);
-        if step.create == 0 && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
+        let acts = step.create > 0 || !step.stop.is_empty() || !step.delete.is_empty();
+        if !acts && step.record.is_none() && rec.unplaced.is_none() {
             continue;
         }
         let mut next = step.record.clone().unwrap_or_else(|| rec.clone());
+
         let mut txn = Txn { compare: vec![same(&kv.key, kv.mod_revision)], ..Txn::default() };
         stop_and_delete(&mut txn, &mine, &step.stop, &step.delete)?;
         if step.create > 0 {
             let spec = next.spec.0.clone();
-            let (ns, name, revision) = (rec.namespace.clone(), rec.name.clone(), next.revision);
+            let (ns, name, uid, revision) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone(), next.revision);
             let ask = Ask { owner: owner.clone(), resources: spec.resources, placement: &spec.placement };
             let why = w.create(&mut txn, &ask, &rec.name, step.create, |id, node| {
                 let mut unit = spec.template.clone();
@@ -331,6 +373,7 @@ pub async fn pass(
                     namespace: ns.clone(),
                     owner: name.clone(),
                     owner_kind: OwnerKind::Deployment,
+                    owner_uid: uid.clone(),
                     revision,
                     node,
                     unit: Json(unit),
@@ -348,6 +391,10 @@ pub async fn pass(
         } else if next.unplaced.is_some() {
             next.unplaced = None;
         }
+        // Steps that touch instances also write the record: see `DeploymentRecord::steps`.
+        if !txn.success.is_empty() {
+            next.steps += 1;
+        }
         if next != rec {
             txn.success.push(put(state::deployment_key(&rec.namespace, &rec.name), encode(&next)?));
         }
@@ -357,20 +404,22 @@ pub async fn pass(
 
     for (kv, rec) in list::<JobRecord>(store, state::JOBS) {
         let owner = format!("{}/{}", rec.namespace, rec.name);
-        let mine = w.owned(OwnerKind::Job, &rec.namespace, &rec.name);
+        let mine = w.owned(OwnerKind::Job, &rec.namespace, &rec.name, &rec.uid);
         let views = w.views(&mine);
         let step = jobs::step(&rec, &views, now_ms);
-        if step.create.is_empty() && step.stop.is_empty() && step.delete.is_empty() && step.record.is_none() {
+        let acts = !step.create.is_empty() || !step.stop.is_empty() || !step.delete.is_empty();
+        if !acts && step.record.is_none() && rec.unplaced.is_none() {
             continue;
         }
         let mut next = step.record.clone().unwrap_or_else(|| rec.clone());
+
         let mut txn = Txn { compare: vec![same(&kv.key, kv.mod_revision)], ..Txn::default() };
         stop_and_delete(&mut txn, &mine, &step.stop, &step.delete)?;
         let mut unplaced = None;
         for (run, count) in &step.create {
             let spec = next.spec.0.clone();
             let unit = jobs::unit_for(&next, *run)?;
-            let (ns, name) = (rec.namespace.clone(), rec.name.clone());
+            let (ns, name, uid) = (rec.namespace.clone(), rec.name.clone(), rec.uid.clone());
             let ask = Ask { owner: owner.clone(), resources: spec.resources, placement: &spec.placement };
             let why = w.create(&mut txn, &ask, &rec.name, *count, |id, node| {
                 let mut unit = unit.clone();
@@ -380,6 +429,7 @@ pub async fn pass(
                     namespace: ns.clone(),
                     owner: name.clone(),
                     owner_kind: OwnerKind::Job,
+                    owner_uid: uid.clone(),
                     revision: *run,
                     node,
                     unit: Json(unit),
@@ -396,6 +446,9 @@ pub async fn pass(
             }
             next.unplaced = unplaced;
         }
+        if !txn.success.is_empty() {
+            next.steps += 1;
+        }
         if next != rec {
             txn.success.push(put(state::job_key(&rec.namespace, &rec.name), encode(&next)?));
         }
@@ -405,16 +458,18 @@ pub async fn pass(
 
     // Instances whose deployment or job is gone (its key, not just a record that fails to
     // decode): stop them, then delete their records.
-    let deployments = owner_keys(store, state::DEPLOYMENTS);
-    let jobs = owner_keys(store, state::JOBS);
+    let deployments = owner_keys(store, state::DEPLOYMENTS, |d: &DeploymentRecord| d.uid.clone());
+    let jobs = owner_keys(store, state::JOBS, |j: &JobRecord| j.uid.clone());
     let mut txn = Txn::default();
     for (kv, i) in &w.instances {
         let owners = match i.owner_kind {
             OwnerKind::Deployment => &deployments,
             OwnerKind::Job => &jobs,
         };
-        if owners.contains(&format!("{}/{}", i.namespace, i.owner)) {
-            continue;
+        match owners.get(&format!("{}/{}", i.namespace, i.owner)) {
+            Some(None) => continue,
+            Some(Some(uid)) if *uid == i.owner_uid => continue,
+            _ => {}
         }
         let observed = w.observe(i);
         let gone = matches!(observed, Observed::NodeDown | Observed::Absent)

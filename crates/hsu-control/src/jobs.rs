@@ -15,7 +15,8 @@ use hsu_model::unit::{RestartPolicy, UnitSpec};
 use crate::rollout::{InstanceView, Observed};
 
 /// A new record for `job`, or the existing one updated; `None` when nothing changed.
-pub fn apply(existing: Option<&JobRecord>, job: &Job, now_ms: u64) -> Option<JobRecord> {
+/// `uid` names a new job (unused when one exists).
+pub fn apply(existing: Option<&JobRecord>, job: &Job, uid: &str, now_ms: u64) -> Option<JobRecord> {
     let spec = job.spec.clone();
     let mut rec = match existing {
         Some(old) if old.spec.0 == spec => return None,
@@ -29,6 +30,8 @@ pub fn apply(existing: Option<&JobRecord>, job: &Job, now_ms: u64) -> Option<Job
         None => JobRecord {
             namespace: job.metadata.namespace.to_string(),
             name: job.metadata.name.to_string(),
+            uid: uid.to_string(),
+            steps: 0,
             spec: Json(spec.clone()),
             generation: 1,
             runs: vec![],
@@ -72,13 +75,27 @@ pub fn step(rec: &JobRecord, instances: &[InstanceView], now_ms: u64) -> JobStep
     let spec = &rec.spec.0;
     let mut out = JobStep::default();
     let mut next = rec.clone();
+    // Instances of runs no longer kept (the oldest runs are dropped): stop, then delete them.
+    for i in instances.iter().filter(|i| !rec.runs.iter().any(|r| r.id == i.revision)) {
+        let down = match &i.observed {
+            Observed::Reported(r) => r.finished || matches!(r.state.as_str(), "stopped" | "exited" | "failed"),
+            Observed::Absent | Observed::NodeDown => true,
+            Observed::Unknown => false,
+        };
+        if down {
+            out.delete.push(i.id.clone());
+        } else if i.desired == Desired::Run {
+            out.stop.push(i.id.clone());
+        }
+    }
     for run in &mut next.runs {
         let mine: Vec<&InstanceView> = instances.iter().filter(|i| i.revision == run.id).collect();
         let mut active = 0u32;
         for i in &mine {
             let finished = match &i.observed {
                 Observed::Reported(r) if r.finished || r.state == "failed" => Some(r.exit_code == Some(0)),
-                Observed::NodeDown => Some(false),
+                // Its node lost it (or is down): a failed try.
+                Observed::NodeDown | Observed::Absent => Some(false),
                 _ => None,
             };
             match (i.desired, finished) {
@@ -91,6 +108,7 @@ pub fn step(rec: &JobRecord, instances: &[InstanceView], now_ms: u64) -> JobStep
                             run.failed += 1;
                             let why = match &i.observed {
                                 Observed::NodeDown => "its node is down".to_string(),
+                                Observed::Absent => "its node does not run it".to_string(),
                                 Observed::Reported(r) => match r.exit_code {
                                     Some(c) => format!("exit code {c}"),
                                     None => r.message.clone().unwrap_or_else(|| "killed by a signal".into()),

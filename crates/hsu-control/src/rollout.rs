@@ -87,13 +87,22 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
     let mut out = Step::default();
     let mut next = rec.clone();
 
-    // Records that need no more than deleting: lost with their node, or stopped.
+    // Records that need no more than deleting: lost with their node, stopped, or dead for good
+    // (the agent gave up on it, it exited and its policy keeps it down, or its node does not
+    // have it although it has seen its record): those are replaced.
     let mut live: Vec<&InstanceView> = Vec::new();
     for i in instances {
         if i.observed == Observed::NodeDown {
             next.push_event(now_ms, format!("instance {} lost with node {}; replacing it", i.id, i.node));
             out.delete.push(i.id.clone());
-        } else if i.desired == Desired::Stop && i.is_down() {
+        } else if i.is_down() {
+            if i.desired == Desired::Run {
+                let why = match &i.observed {
+                    Observed::Reported(r) => format!("it is {}", r.state),
+                    _ => "its node does not run it".to_string(),
+                };
+                next.push_event(now_ms, format!("instance {} on node {} is down ({why}); replacing it", i.id, i.node));
+            }
             out.delete.push(i.id.clone());
         } else {
             live.push(i);
@@ -122,17 +131,24 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
 
     if !paused {
         let mut stopped: BTreeSet<&str> = BTreeSet::new();
-        // Surplus instances of the current revision (replicas went down).
-        let surplus = (new.len() as u32).saturating_sub(want_new);
-        for i in new.iter().take(surplus as usize) {
-            stopped.insert(&i.id);
-        }
-        let new_count = new.len() as u32 - surplus;
-        // Old instances: those not ready cost nothing to stop; ready ones only while enough
-        // others stay ready, counting new instances once they are available (ready for
-        // minReady), so that readiness never drops below replicas - maxUnavailable.
+        // Instances not ready cost nothing to stop; ready ones only while enough others stay
+        // ready, counting new instances once they are available (ready for minReady), so that
+        // readiness never drops below replicas - maxUnavailable.
         let min_available = replicas.saturating_sub(unavailable);
         let mut can_lose = (new_available + old_ready).saturating_sub(min_available);
+        // Surplus instances of the current revision (replicas or the canary count went down).
+        let surplus = (new.len() as u32).saturating_sub(want_new);
+        let mut new_count = new.len() as u32;
+        for i in new.iter().take(surplus as usize) {
+            if i.available(min_ready_ms) {
+                if can_lose == 0 {
+                    break;
+                }
+                can_lose -= 1;
+            }
+            stopped.insert(&i.id);
+            new_count -= 1;
+        }
         let keep_old = replicas.saturating_sub(want_new) as usize;
         let removable_old = old.len().saturating_sub(keep_old);
         for i in old.iter().take(removable_old) {
@@ -149,7 +165,7 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
         }
         // New instances, within the surge bound (stopping instances still count).
         let total = new.len() as u32 + old.len() as u32 + stopping;
-        let room = (replicas + surge).saturating_sub(total);
+        let room = replicas.saturating_add(surge).saturating_sub(total);
         out.create = want_new.saturating_sub(new_count).min(room);
         out.stop = live.iter().filter(|i| stopped.contains(i.id.as_str())).map(|i| i.id.clone()).collect();
     }
@@ -157,7 +173,9 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
     // Status.
     let complete = new.len() as u32 == replicas && new_available == replicas && old.is_empty() && stopping == 0;
     let mark = (new.len() as u32, new_available, old.len() as u32);
-    if mark != rec.progress_mark || paused {
+    // Paused, the deadline does not run: `resume` restarts it (and no record is written here, so
+    // a paused deployment costs no writes).
+    if mark != rec.progress_mark {
         next.progress_mark = mark;
         next.progress_ms = now_ms;
     }
@@ -191,7 +209,12 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
             rec.revision
         );
         match stable {
-            Some(s) if spec.strategy.auto_rollback && next.phase == Phase::Progressing && rec.stable_revision != 0 => {
+            Some(s)
+                if spec.strategy.auto_rollback
+                    && next.phase == Phase::Progressing
+                    && rec.stable_revision != 0
+                    && rec.stable_revision != rec.revision =>
+            {
                 next.push_event(
                     now_ms,
                     format!(
@@ -236,10 +259,12 @@ pub struct Applied {
 
 /// Applies `d` over the existing record (if any) and its kept revisions. A template (with its
 /// resources) seen before reuses that revision's number, as Kubernetes reuses a ReplicaSet.
+/// `uid` names a new deployment (unused when one exists).
 pub fn apply(
     existing: Option<&DeploymentRecord>,
     revisions: &[RevisionRecord],
     d: &Deployment,
+    uid: &str,
     now_ms: u64,
 ) -> Applied {
     let spec = d.spec.clone();
@@ -249,6 +274,8 @@ pub fn apply(
         let record = DeploymentRecord {
             namespace: d.metadata.namespace.to_string(),
             name: d.metadata.name.to_string(),
+            uid: uid.to_string(),
+            steps: 0,
             labels,
             spec: Json(spec.clone()),
             generation: 1,
@@ -281,6 +308,10 @@ pub fn apply(
     record.spec = Json(spec.clone());
     record.labels = labels;
     record.generation += 1;
+    if old.spec.0.paused != spec.paused {
+        // The deadline did not run while paused; it starts again now.
+        record.progress_ms = now_ms;
+    }
     let mut new_revision = None;
     let template_changed = old.spec.0.template != spec.template || old.spec.0.resources != spec.resources;
     if template_changed {

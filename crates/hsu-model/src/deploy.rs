@@ -20,6 +20,9 @@ pub const API_VERSION: &str = "hsu/v1";
 /// unit name is at most 63 characters.
 pub const MAX_NAME: usize = 56;
 
+/// Largest replica count, surge, completions, parallelism or retries a spec may ask for.
+pub const MAX_COUNT: u32 = 10_000;
+
 /// One applied object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
@@ -629,6 +632,19 @@ fn validate(object: &Object, lines: &Lines) -> Result<(), String> {
     match object {
         Object::Deployment(d) => {
             let s = &d.spec.strategy;
+            if d.spec.replicas > MAX_COUNT {
+                return Err(format!(
+                    "line {spec_line}: Deployment {name}: spec.replicas ({}) is more than {MAX_COUNT}",
+                    d.spec.replicas
+                ));
+            }
+            for (field, v) in [("maxSurge", s.max_surge), ("maxUnavailable", s.max_unavailable)] {
+                if matches!(v, IntOrPercent::Int(n) if n > MAX_COUNT) {
+                    return Err(format!(
+                        "line {strategy_line}: Deployment {name}: spec.strategy.{field} ({v}) is more than {MAX_COUNT}"
+                    ));
+                }
+            }
             if s.max_surge.is_zero() && s.max_unavailable.is_zero() {
                 return Err(format!(
                     "line {strategy_line}: Deployment {name}: spec.strategy: maxSurge and maxUnavailable cannot both be 0 (no instance could ever be replaced)"
@@ -653,6 +669,13 @@ fn validate(object: &Object, lines: &Lines) -> Result<(), String> {
                 return Err(format!(
                     "line {spec_line}: Job {name}: spec.completions and spec.parallelism must be at least 1"
                 ));
+            }
+            let counts =
+                [("completions", j.spec.completions), ("parallelism", j.spec.parallelism), ("retries", j.spec.retries)];
+            for (field, v) in counts {
+                if v > MAX_COUNT {
+                    return Err(format!("line {spec_line}: Job {name}: spec.{field} ({v}) is more than {MAX_COUNT}"));
+                }
             }
         }
     }

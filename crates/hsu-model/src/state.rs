@@ -70,7 +70,8 @@ pub enum Phase {
     Progressing,
     /// Every instance runs the current revision and is available.
     Complete,
-    /// No progress within the deadline; instances stay as they are.
+    /// No progress within the deadline (and no rollback): the controller keeps trying, the
+    /// phase says the rollout missed its deadline until the next apply or undo.
     Failed,
     /// No progress within the deadline, and the deployment went back to its last complete
     /// revision (`rolled_back_from` says from which).
@@ -104,6 +105,12 @@ pub const MAX_EVENTS: usize = 30;
 pub struct DeploymentRecord {
     pub namespace: String,
     pub name: String,
+    /// Unique per creation: a deployment deleted and created again under the same name does
+    /// not take over the old one's instances (they carry the uid of their owner).
+    pub uid: String,
+    /// Bumped by every controller step that changes instances, so that two steps taken from the
+    /// same state (one of them in doubt after a timeout) conflict in their compare-and-swap.
+    pub steps: u64,
     pub labels: BTreeMap<String, String>,
     pub spec: Json<DeploymentSpec>,
     /// Bumped by every apply that changes the spec.
@@ -173,9 +180,10 @@ pub struct InstanceRecord {
     /// Also the unit's name on the node: `<deployment>-<6 characters>`.
     pub id: String,
     pub namespace: String,
-    /// The deployment (or job) it belongs to.
+    /// The deployment (or job) it belongs to, and that owner's uid.
     pub owner: String,
     pub owner_kind: OwnerKind,
+    pub owner_uid: String,
     pub revision: u64,
     pub node: NodeId,
     /// The unit the node runs, named `id`.
@@ -197,6 +205,10 @@ pub enum OwnerKind {
 pub struct JobRecord {
     pub namespace: String,
     pub name: String,
+    /// As [`DeploymentRecord::uid`].
+    pub uid: String,
+    /// As [`DeploymentRecord::steps`].
+    pub steps: u64,
     pub spec: Json<JobSpec>,
     pub generation: u64,
     /// The newest runs (at most [`MAX_RUNS`]), oldest first.
@@ -281,7 +293,9 @@ pub struct NodeReport {
     pub labels: BTreeMap<String, String>,
     /// What the scheduler may hand out on this node.
     pub capacity: Capacity,
-    /// Every instance the node's agent has, desired or not (one being stopped, say).
+    /// The units of the instances the node runs, those it is stopping included until they have
+    /// stopped; an instance missing here although `seen_revision` covers its record is not
+    /// running on this node.
     pub instances: Vec<InstanceReport>,
     /// The store revision of the instance records the node has acted on.
     pub seen_revision: u64,
@@ -336,6 +350,7 @@ mod tests {
             namespace: "default".into(),
             owner: "web".into(),
             owner_kind: OwnerKind::Deployment,
+            owner_uid: "u1".into(),
             revision: 1,
             node: 3,
             unit: Json(d.spec.template.clone()),

@@ -56,6 +56,15 @@ pub struct ReportsView {
     pub grace_ms: u64,
 }
 
+/// A uid for a new deployment or job: 16 random hex digits.
+fn new_uid() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn txn_succeeded(r: hsu_store::Response) -> bool {
+    matches!(r, hsu_store::Response::Txn(t) if t.succeeded)
+}
+
 fn same(key: &[u8], revision: u64) -> Compare {
     Compare { key: key.to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
 }
@@ -98,7 +107,7 @@ impl Node {
                         let existing: Option<(KeyValue, JobRecord)> =
                             self.list_records(&key).await?.into_iter().find(|(kv, _)| kv.key == key.as_bytes());
                         txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
-                        let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, now);
+                        let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, &new_uid(), now);
                         let result = match (&existing, &next) {
                             (None, _) => "created",
                             (Some(_), None) => "unchanged",
@@ -129,7 +138,7 @@ impl Node {
                 let revisions: Vec<(KeyValue, RevisionRecord)> =
                     self.list_records(&state::revisions_prefix(ns, name)).await?;
                 let revs: Vec<RevisionRecord> = revisions.iter().map(|(_, r)| r.clone()).collect();
-                let a = rollout::apply(existing.as_ref().map(|(_, r)| r), &revs, d, now);
+                let a = rollout::apply(existing.as_ref().map(|(_, r)| r), &revs, d, &new_uid(), now);
                 txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
                 let result = match (&existing, a.unchanged) {
                     (None, _) => "created",
@@ -237,6 +246,7 @@ impl Node {
             let mine: Vec<&InstanceView> =
                 instances.iter().filter(|i| i.record.namespace == d.namespace && i.record.owner == d.name).collect();
             let min_ready = d.spec.0.strategy.min_ready.0.as_millis() as u64;
+            let mine: Vec<&InstanceView> = mine.into_iter().filter(|i| i.record.owner_uid == d.uid).collect();
             let current = |i: &&&InstanceView| i.record.revision == d.revision && i.record.desired == Desired::Run;
             out.push(DeploymentView {
                 ready: mine.iter().filter(|i| i.ready).count() as u32,
@@ -266,17 +276,21 @@ impl Node {
 
     /// Deletes the deployment and its revisions; the controller stops its instances.
     pub async fn delete_deployment(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
-        let (kv, _) = self.deployment(namespace, name).await?;
-        let txn = Txn {
-            compare: vec![same(&kv.key, kv.mod_revision)],
-            success: vec![
-                Op::Delete { range: KeyRange::Key(kv.key.clone()) },
-                Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(namespace, name).into_bytes()) },
-            ],
-            failure: vec![],
-        };
-        self.propose(Request::Txn(txn)).await?;
-        Ok(())
+        for _attempt in 0..10 {
+            let (kv, _) = self.deployment(namespace, name).await?;
+            let txn = Txn {
+                compare: vec![same(&kv.key, kv.mod_revision)],
+                success: vec![
+                    Op::Delete { range: KeyRange::Key(kv.key.clone()) },
+                    Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(namespace, name).into_bytes()) },
+                ],
+                failure: vec![],
+            };
+            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
+                return Ok(());
+            }
+        }
+        Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
     }
 
     /// `undo`, `pause` or `resume`, retried when the controller wrote the record meanwhile.
@@ -378,18 +392,22 @@ impl Node {
     /// Deletes a job; the controller stops its instances.
     pub async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
         let key = state::job_key(namespace, name);
-        let (kv, _): (KeyValue, JobRecord) = self
-            .list_records(&key)
-            .await?
-            .into_iter()
-            .find(|(kv, _)| kv.key == key.as_bytes())
-            .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
-        let txn = Txn {
-            compare: vec![same(&kv.key, kv.mod_revision)],
-            success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],
-            failure: vec![],
-        };
-        self.propose(Request::Txn(txn)).await?;
-        Ok(())
+        for _attempt in 0..10 {
+            let (kv, _): (KeyValue, JobRecord) = self
+                .list_records(&key)
+                .await?
+                .into_iter()
+                .find(|(kv, _)| kv.key == key.as_bytes())
+                .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
+            let txn = Txn {
+                compare: vec![same(&kv.key, kv.mod_revision)],
+                success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],
+                failure: vec![],
+            };
+            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
+                return Ok(());
+            }
+        }
+        Err(hsu_store::Error::Unavailable("the job kept changing; try again".into()).into())
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hsu_model::state::{self, InstanceRecord};
+use hsu_model::state::{self, InstanceRecord, OwnerKind};
 use hsu_model::unit::UnitName;
 use hsu_model::{encode_record, NodeId};
 use hsu_store::{Consistency, KeyRange};
@@ -34,6 +34,8 @@ pub struct LogLines {
 }
 
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// Longest line passed on whole; longer ones are cut.
+const MAX_LINE: usize = 64 * 1024;
 
 impl Node {
     /// This node's own log of `ask.unit`, as chunks.
@@ -80,7 +82,7 @@ impl Node {
             let i: InstanceRecord = records::decode(&kv.key, &kv.value)?;
             let hit = match instance {
                 Some(name) => i.id == name,
-                None => i.namespace == namespace && i.owner == deployment,
+                None => i.namespace == namespace && i.owner == deployment && i.owner_kind == OwnerKind::Deployment,
             };
             if hit {
                 wanted.push(i);
@@ -110,11 +112,24 @@ impl Node {
                 Ok(mut chunks) => {
                     tokio::spawn(async move {
                         let mut partial = Vec::new();
-                        while let Some(chunk) = chunks.recv().await {
+                        loop {
+                            // Also end when the client has gone, so that a quiet log being
+                            // followed does not keep this task (and its source) alive.
+                            let chunk = tokio::select! {
+                                c = chunks.recv() => c,
+                                () = tx.closed() => return,
+                            };
+                            let Some(chunk) = chunk else { break };
                             partial.extend_from_slice(&chunk);
-                            // Whole lines only, so lines of different instances never interleave.
-                            if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
-                                let lines: Vec<u8> = partial.drain(..=end).collect();
+                            // Whole lines only, so lines of different instances never interleave;
+                            // a line longer than MAX_LINE is cut.
+                            let end = partial.iter().rposition(|b| *b == b'\n').map(|e| e + 1);
+                            let end = end.or((partial.len() > MAX_LINE).then_some(partial.len()));
+                            if let Some(end) = end {
+                                let mut lines: Vec<u8> = partial.drain(..end).collect();
+                                if lines.last() != Some(&b'\n') {
+                                    lines.push(b'\n');
+                                }
                                 let text = String::from_utf8_lossy(&lines).into_owned();
                                 let out = LogLines { instance: instance.clone(), node: node_name.clone(), text };
                                 if tx.send(out).await.is_err() {

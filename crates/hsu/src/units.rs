@@ -103,7 +103,7 @@ async fn reporter(
     let capacity = match hsu_agent::resources::Sampler::new().and_then(|mut s| s.sample(&agent_dir)) {
         Ok(r) => Capacity { cpu_millis: u64::from(r.cpu_cores) * 1000, memory_bytes: r.memory_total_bytes },
         Err(e) => {
-            warn!("node resources unknown ({e}): nothing will be scheduled here");
+            warn!("node resources unknown ({e}): only instances that ask for no CPU and no memory fit here");
             Capacity::default()
         }
     };
@@ -116,6 +116,11 @@ async fn reporter(
             _ = tick.tick() => {}
             () = node.stopped() => return,
         }
+        // The revision first, then the units: the applier publishes the units before the
+        // revision, so the units read here are at least as new as the revision says. (The other
+        // order could report an instance it has just started as missing, and the master would
+        // take it for lost.)
+        let seen_revision = seen.load(std::sync::atomic::Ordering::Acquire);
         let statuses: Vec<UnitStatus> = {
             let v = views.lock().unwrap_or_else(|p| p.into_inner());
             v.values().map(|rx| rx.borrow().clone()).collect()
@@ -142,7 +147,6 @@ async fn reporter(
                 }
             })
             .collect();
-        let seen_revision = seen.load(std::sync::atomic::Ordering::Acquire);
         let due = match &last_sent {
             None => true,
             Some((at, prev, rev)) => {

@@ -345,16 +345,21 @@ fn deployments_spread_roll_heal_roll_back_and_say_why_they_are_pending() {
         .collect();
     assert_eq!(names, BTreeMap::from([("big".to_string(), 1), ("web".to_string(), 2)]), "nothing of bad.yaml applied");
 
-    // Deleting the deployment stops its instances.
+    // Deleting the deployment stops its instances, even when a deployment of the same name is
+    // applied again at once: the new one starts its own and never takes over the old ones.
     let last: Vec<String> =
         instances(&config, nodes[0].api).unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
     cli_ok(&config, nodes[0].api, &["delete", "deployment", "web"]).unwrap();
+    apply(&config, nodes[0].api, units.path(), &spec(&script, "6", true, "30s"));
     poll("the deleted deployment's processes to be gone", || {
         match last.iter().find(|u| pid_of(units.path(), u).is_some_and(alive)) {
             Some(u) => Err(format!("{u} still runs")),
             None => Ok(()),
         }
     });
+    let again = poll("3 ready instances of the new web", || settled(&config, nodes[0].api, 1));
+    assert!(again.iter().all(|i| !last.contains(&i["name"].as_str().unwrap().to_string())), "{again:?}");
+    cli_ok(&config, nodes[0].api, &["delete", "deployment", "web"]).unwrap();
     poll("no instances left", || {
         let list = instances(&config, nodes[0].api)?;
         if list.is_empty() {

@@ -44,19 +44,19 @@ fn running(id: &str) -> Observed {
 
 #[test]
 fn applying_starts_a_run_unless_dispatch_only_and_only_when_changed() {
-    let rec = apply(None, &job(""), 1).unwrap();
+    let rec = apply(None, &job(""), "u1", 1).unwrap();
     assert_eq!(rec.runs.len(), 1);
     assert_eq!(rec.runs[0].phase, JobPhase::Running);
-    assert_eq!(apply(Some(&rec), &job(""), 2), None, "the same spec again changes nothing");
-    let changed = apply(Some(&rec), &job("  retries: 5\n"), 3).unwrap();
+    assert_eq!(apply(Some(&rec), &job(""), "u1", 2), None, "the same spec again changes nothing");
+    let changed = apply(Some(&rec), &job("  retries: 5\n"), "u1", 3).unwrap();
     assert_eq!((changed.generation, changed.runs.len(), changed.runs[1].id), (2, 2, 2));
-    let param = apply(None, &job("  dispatchOnly: true\n"), 1).unwrap();
+    let param = apply(None, &job("  dispatchOnly: true\n"), "u1", 1).unwrap();
     assert!(param.runs.is_empty());
 }
 
 #[test]
 fn a_run_starts_instances_up_to_parallelism_until_completions_succeed() {
-    let rec = apply(None, &job("  completions: 3\n  parallelism: 2\n"), 1).unwrap();
+    let rec = apply(None, &job("  completions: 3\n  parallelism: 2\n"), "u1", 1).unwrap();
     let s = step(&rec, &[], 2);
     assert_eq!(s.create, [(1, 2)]);
     // One finished well, one still runs: one more starts.
@@ -73,7 +73,7 @@ fn a_run_starts_instances_up_to_parallelism_until_completions_succeed() {
 
 #[test]
 fn failures_are_retried_until_the_retries_run_out() {
-    let rec = apply(None, &job("  retries: 1\n"), 1).unwrap();
+    let rec = apply(None, &job("  retries: 1\n"), "u1", 1).unwrap();
     let s = step(&rec, &[view("a", 1, exited("a", 3))], 2);
     assert_eq!(s.create, [(1, 1)], "one retry");
     let rec = s.record.unwrap();
@@ -87,7 +87,7 @@ fn failures_are_retried_until_the_retries_run_out() {
 
 #[test]
 fn a_finished_run_stops_what_still_runs_and_dispatch_parameters_reach_the_unit() {
-    let mut rec = apply(None, &job("  completions: 1\n  parallelism: 1\n"), 1).unwrap();
+    let mut rec = apply(None, &job("  completions: 1\n  parallelism: 1\n"), "u1", 1).unwrap();
     let s = step(&rec, &[view("a", 1, exited("a", 0)), view("late", 1, running("late"))], 2);
     assert_eq!(s.stop, ["late"]);
     let run = rec.start_run([("DATE".to_string(), "2026-11-26".to_string())].into(), 3);
@@ -96,4 +96,12 @@ fn a_finished_run_stops_what_still_runs_and_dispatch_parameters_reach_the_unit()
     assert_eq!(unit.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), [("DATE", "2026-11-26")]);
     rec.runs.last_mut().unwrap().env.insert("HSU_X".into(), "1".into());
     assert!(unit_for(&rec, run).unwrap_err().contains("HSU_"));
+}
+
+#[test]
+fn instances_of_dropped_runs_are_stopped_then_deleted() {
+    let rec = apply(None, &job(""), "u1", 1).unwrap();
+    let s = step(&rec, &[view("old", 0, running("old")), view("gone", 0, exited("gone", 0))], 2);
+    assert_eq!(s.stop, ["old"]);
+    assert_eq!(s.delete, ["gone"]);
 }

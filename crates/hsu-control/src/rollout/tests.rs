@@ -29,7 +29,7 @@ struct World {
 
 impl World {
     fn new(d: &Deployment) -> World {
-        let a = apply(None, &[], d, 0);
+        let a = apply(None, &[], d, "u1", 0);
         World {
             rec: a.record,
             revisions: a.new_revision.into_iter().collect(),
@@ -42,7 +42,7 @@ impl World {
     }
 
     fn apply(&mut self, d: &Deployment) {
-        let a = apply(Some(&self.rec), &self.revisions, d, self.now_ms);
+        let a = apply(Some(&self.rec), &self.revisions, d, "u1", self.now_ms);
         self.rec = a.record;
         self.revisions.extend(a.new_revision);
         self.revisions.retain(|r| !a.prune.contains(&r.number));
@@ -261,9 +261,10 @@ fn a_paused_deployment_takes_no_step_and_its_deadline_does_not_run() {
     w.run(50, false);
     w.apply(&deployment(2, strategy, "b"));
     w.rec.paused = true;
-    for _ in 0..30 {
+    for t in 0..30 {
         let s = w.tick();
         assert_eq!((s.create, s.stop.len()), (0, 0));
+        assert!(t == 0 || s.record.is_none(), "tick {t}: a paused deployment writes nothing: {:?}", s.record);
     }
     assert_eq!(w.rec.phase, Phase::Progressing);
 }
@@ -312,4 +313,63 @@ fn ready_old_instances_are_kept_even_before_min_ready() {
     w.apply(&deployment(3, strategy, "b"));
     w.run(300, true);
     assert_eq!(w.of_revision(2), 3);
+}
+
+#[test]
+fn dead_instances_of_the_current_revision_are_replaced() {
+    let mut w = World::new(&deployment(3, "{}", "a"));
+    w.run(50, false);
+    let dead = w.instances.keys().next().unwrap().clone();
+    w.broken = vec![];
+    // The agent gave up on it (flap limit): it stays down for good unless replaced.
+    let (v, _) = w.instances.get_mut(&dead).unwrap();
+    v.observed = Observed::Reported(InstanceReport {
+        id: dead.clone(),
+        state: "failed".into(),
+        ready: false,
+        ready_for_ms: 0,
+        restarts: 10,
+        exit_code: Some(1),
+        finished: false,
+        message: Some("flapping".into()),
+    });
+    let s = step(&w.rec, &w.views(), None, w.now_ms);
+    assert_eq!(s.delete, std::slice::from_ref(&dead));
+    assert_eq!(s.create, 1, "replaced at once");
+    assert!(s.record.unwrap().events.last().unwrap().message.contains("is down (it is failed)"));
+}
+
+#[test]
+fn lowering_the_canary_keeps_the_availability_bound() {
+    let strategy = |c| format!("{{maxSurge: 1, maxUnavailable: 0, canary: {c}}}");
+    let mut w = World::new(&deployment(3, &strategy(2), "a"));
+    w.run(50, false);
+    w.apply(&deployment(3, &strategy(2), "b"));
+    for _ in 0..40 {
+        w.tick();
+    }
+    assert_eq!((w.of_revision(2), w.of_revision(1)), (2, 1), "canary of 2 reached and paused");
+    assert!(w.rec.paused);
+    w.apply(&deployment(3, &strategy(1), "b"));
+    // Unpaused but not past the canary: one instance of revision 2 is now one too many.
+    w.rec.paused = false;
+    for t in 0..40 {
+        w.tick();
+        assert!(w.ready() >= 3, "tick {t}: only {} ready", w.ready());
+    }
+}
+
+#[test]
+fn a_complete_deployment_that_loses_progress_does_not_roll_back_to_itself() {
+    let strategy = "{maxSurge: 1, maxUnavailable: 0, progressDeadline: 1s, autoRollback: true}";
+    let mut w = World::new(&deployment(2, strategy, "a"));
+    w.run(50, false);
+    // Its only revision cannot get ready any more (say a dependency is gone).
+    w.broken = vec![1];
+    let lost = w.instances.keys().next().unwrap().clone();
+    w.instances.get_mut(&lost).unwrap().0.observed = Observed::NodeDown;
+    for _ in 0..40 {
+        w.tick();
+    }
+    assert_eq!((w.rec.phase, w.rec.revision, w.rec.rolled_back_from), (Phase::Failed, 1, None));
 }

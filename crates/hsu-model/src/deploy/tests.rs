@@ -105,6 +105,8 @@ fn bad_documents_name_file_line_and_field() {
         ("canary", format!("{head}spec:\n  replicas: 2\n  template: {{command: [x]}}\n  strategy: {{canary: 3}}\n"), &["line 7", "canary (3) is more than replicas (2)"]),
         ("second document", format!("{WEB}---\n{head}spec:\n  template: {{command: [x]}}\n  replicas: -1\n"), &["line 30", "invalid u32", "field `replicas`"]),
         ("duplicate", format!("{WEB}---\n{head}spec:\n  template: {{command: [x]}}\n"), &["line 25", "Deployment default/web is also defined in app.yaml at line 1"]),
+        ("too many", format!("{head}spec:\n  replicas: 10001\n  template: {{command: [x]}}\n"), &["line 5", "spec.replicas (10001) is more than 10000"]),
+        ("huge surge", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: 4294967295}}\n"), &["line 6", "maxSurge (4294967295) is more than 10000"]),
         ("hsu var", format!("{head}spec:\n  template: {{command: [x, \"${{HSU_PORT_WEB}}\"]}}\n"), &["line 5", "HSU_PORT_WEB"]),
     ];
     for (what, text, wants) in cases {
