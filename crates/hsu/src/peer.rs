@@ -280,6 +280,12 @@ impl Handler for PeerHandler {
             METHOD_SNAPSHOT => RpcKind::InstallSnapshot,
             METHOD_PEER => {
                 let req: PeerRequest = decode_record(&body).map_err(|e| format!("bad peer request: {e}"))?;
+                if let PeerRequest::Report(r) = &req {
+                    // A node reports for itself only.
+                    if r.node != id {
+                        return Err(format!("node {id} may not report for node {}", r.node));
+                    }
+                }
                 let reply = node.handle_peer(req).await;
                 return encode_record(&reply).map_err(|e| e.to_string());
             }
