@@ -366,6 +366,8 @@ enum Role {
     Auto,
     Voter,
     Learner,
+    /// Not in Raft: runs units only (no replica of the store, no CA key, no API).
+    Agent,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -519,14 +521,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Role::Auto => pb::Role::Auto,
                 Role::Voter => pb::Role::Voter,
                 Role::Learner => pb::Role::Learner,
+                Role::Agent => pb::Role::Agent,
             };
             let opts =
                 JoinOptions { server, token, data_dir, listen, api, name, role, voters, tuning: timing.tuning() };
+            if role == pb::Role::Agent {
+                let node = bootstrap::join_agent(opts, |step| eprintln!("join: {step}")).await?;
+                println!("joined as an agent-only node; this node is {} (id {})", node.name(), node.id());
+                return foreground_agent(node).await;
+            }
             let node = bootstrap::join(opts, |step| eprintln!("join: {step}")).await?;
             println!("joined; this node is {} (id {})", node.name(), node.id());
             foreground(node).await
         }
         Command::Node(NodeCommand::Run { data_dir, listen, api, timing }) => {
+            if bootstrap::is_agent_only(&data_dir)? {
+                let node = bootstrap::run_agent(data_dir, listen, timing.tuning()).await?;
+                println!("running agent-only node {} (id {})", node.name(), node.id());
+                return foreground_agent(node).await;
+            }
             let node = bootstrap::run(data_dir, listen, api, timing.tuning()).await?;
             println!("running node {} (id {})", node.name(), node.id());
             foreground(node).await
@@ -632,6 +645,17 @@ fn describe_apply(r: &hsu_agent::ApplyReport) -> String {
 }
 
 /// Runs a node until it is asked to stop (SIGINT, SIGTERM, or `hsu node leave`).
+async fn foreground_agent(node: hsu::agent_node::AgentNode) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = node.stopped() => {}
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
 pub(crate) async fn foreground(node: Node) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

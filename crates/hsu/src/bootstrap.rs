@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hsu_model::NodeId;
 use hsu_net::pki::{self, cert_der_to_pem, generate_csr, CertifiedKey, ClusterCa, API_SERVER_NAME};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
 use hsu_store::{Member, Op, Request, Txn};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+use crate::agent_node::AgentNode;
 use crate::client::{channel, error_chain, ClientConfig};
 use crate::datadir::{DataDir, JoinedVia, NodeState, Pki};
 use crate::error::NodeError;
@@ -94,6 +96,7 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
         joined_ms: now,
         version: env!("CARGO_PKG_VERSION").to_string(),
         removed: false,
+        agent_only: false,
     };
     let put = |key: &str, value: Vec<u8>| Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 };
     let txn = Txn {
@@ -145,6 +148,52 @@ pub struct JoinOptions {
 /// Enrolls this machine into a cluster and starts it as a node. `progress` receives one line per
 /// step (checking the CA, enrolled as node N, catching up, added as voter/learner).
 pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, NodeError> {
+    if opts.role == pb::Role::Agent {
+        return Err(NodeError::Config("an agent-only node starts with `join_agent`".into()));
+    }
+    let (dir, state, pki) = enroll(&opts, false, &progress).await?;
+    // 3. Start, then ask the leader to add this node to Raft, as itself.
+    let node = Node::start(&dir, state, pki.clone(), opts.tuning).await?;
+    add_self(&opts.server, &pki, opts.role, opts.voters, &node, &progress).await?;
+    Ok(node)
+}
+
+/// Enrolls this machine as an agent-only node (no CA key, not in Raft) and starts it: it learns
+/// the servers' node-to-node addresses from the one it joined through.
+pub async fn join_agent(opts: JoinOptions, progress: impl Fn(&str)) -> Result<AgentNode, NodeError> {
+    let (dir, state, pki) = enroll(&opts, true, &progress).await?;
+    let servers = servers_of(&opts.server, &pki).await?;
+    progress(&format!(
+        "{} servers: {}",
+        servers.len(),
+        servers.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(", ")
+    ));
+    let node = AgentNode::start(&dir, state, pki, opts.tuning).await?;
+    node.set_servers(servers);
+    Ok(node)
+}
+
+/// The members' node-to-node addresses, asked of `server`'s API with this node's certificate.
+async fn servers_of(server: &str, pki: &Pki) -> Result<Vec<(NodeId, String)>, NodeError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .identity(Identity::from_pem(&pki.node.cert_pem, &pki.node.key_pem))
+        .domain_name(API_SERVER_NAME);
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel(server, tls).await?);
+    let status = cluster
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| NodeError::Join(format!("asking {server} for the servers: {}", s.message())))?
+        .into_inner();
+    Ok(status.members.into_iter().map(|m| (m.id, m.address)).collect())
+}
+
+/// Checks the CA, enrolls with the token and a CSR, and saves the node's data directory.
+async fn enroll(
+    opts: &JoinOptions,
+    agent_only: bool,
+    progress: &impl Fn(&str),
+) -> Result<(DataDir, NodeState, Pki), NodeError> {
     let name = opts.name.clone().unwrap_or_else(default_name);
     validate_name(&name).map_err(NodeError::Config)?;
     validate_voters(opts.voters)?;
@@ -174,6 +223,7 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
             name: name.clone(),
             address: opts.listen.to_string(),
             api_address: opts.api.to_string(),
+            agent_only,
         })
         .await
         .map_err(|s| NodeError::Join(s.message().to_string()))?
@@ -186,7 +236,7 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
     let pki = Pki {
         ca_pem: grant.ca_pem.clone(),
         node: CertifiedKey { cert_pem: grant.cert_pem, key_pem },
-        ca_key_pem: Some(grant.ca_key_pem),
+        ca_key_pem: (!grant.ca_key_pem.is_empty()).then_some(grant.ca_key_pem),
     };
     dir.save_pki(&pki)?;
     let state = NodeState {
@@ -201,10 +251,25 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
     dir.save_state(&state)?;
     progress(&format!("enrolled as node {} ({}) in cluster {:?}", state.id, state.name, state.cluster_name));
 
-    // 3. Start, then ask the leader to add this node to Raft, as itself.
-    let node = Node::start(&dir, state, pki.clone(), opts.tuning).await?;
-    add_self(&opts.server, &pki, opts.role, opts.voters, &node, &progress).await?;
-    Ok(node)
+    Ok((dir, state, pki))
+}
+
+/// True when the data directory holds an agent-only node.
+pub fn is_agent_only(data_dir: &std::path::Path) -> Result<bool, NodeError> {
+    let state = DataDir::new(data_dir).load_state()?;
+    Ok(state.joined_via.is_some_and(|v| v.role == pb::Role::Agent as i32))
+}
+
+/// Restarts the agent-only node of an existing data directory (`--listen` moves it).
+pub async fn run_agent(data_dir: PathBuf, listen: Option<SocketAddr>, tuning: Tuning) -> Result<AgentNode, NodeError> {
+    let dir = DataDir::new(&data_dir);
+    let mut state = dir.load_state()?;
+    if let Some(l) = listen {
+        state.listen = l;
+        dir.save_state(&state)?;
+    }
+    let pki = dir.load_pki()?;
+    AgentNode::start(&dir, state, pki, tuning).await
 }
 
 async fn add_self(

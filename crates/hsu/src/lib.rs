@@ -2,6 +2,7 @@
 //! composed. `bootstrap` starts a node (init, join, run); [`Node`] is the running node, usable
 //! as a library (the master embedded in a user's own service).
 
+pub mod agent_node;
 pub mod api;
 pub mod bootstrap;
 pub mod client;

@@ -2,10 +2,7 @@
 //! that serves the API asks each instance's node over QUIC (a server stream of `METHOD_LOGS`)
 //! and merges what comes back, line by line, each line marked with its instance.
 
-use std::time::Duration;
-
 use hsu_model::state::{self, InstanceRecord, OwnerKind};
-use hsu_model::unit::UnitName;
 use hsu_model::{encode_record, NodeId};
 use hsu_store::{Consistency, KeyRange};
 use serde::{Deserialize, Serialize};
@@ -33,37 +30,13 @@ pub struct LogLines {
     pub text: String,
 }
 
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// Longest line passed on whole; longer ones are cut.
 const MAX_LINE: usize = 64 * 1024;
 
 impl Node {
     /// This node's own log of `ask.unit`, as chunks.
     pub(crate) fn local_log(&self, ask: LogAsk) -> Result<mpsc::Receiver<Vec<u8>>, String> {
-        // A unit name is a DNS label: no path can be smuggled in through it.
-        let name = UnitName::new(&ask.unit)?;
-        let mine = state::node_instances_prefix(self.id());
-        let known = !self
-            .store()
-            .range_local(&KeyRange::Key(format!("{mine}{}", name.as_str()).into_bytes()), 1)
-            .kvs
-            .is_empty();
-        let dir = hsu_agent::record::unit_dir(&self.agent_dir(), name.as_str());
-        if !known && !dir.exists() {
-            return Err(format!("no instance {} on node {}", name.as_str(), self.name()));
-        }
-        let path = dir.join(if ask.stderr { "stderr.log" } else { "stdout.log" });
-        let (head, offset) = hsu_agent::logs::read_tail(&path, ask.tail as usize).map_err(|e| e.to_string())?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            if !head.is_empty() && tx.send(head).await.is_err() {
-                return;
-            }
-            if ask.follow {
-                hsu_agent::logs::follow(path, offset, FOLLOW_EVERY, tx).await;
-            }
-        });
-        Ok(rx)
+        crate::agent_node::serve_log(&self.agent_dir(), ask)
     }
 
     /// The logs of a deployment's instances (or of one instance), merged; lines keep their order

@@ -268,6 +268,11 @@ impl Node {
         self.inner.ca_fingerprint
     }
 
+    /// Turns true when the node has been asked to stop.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+
     /// Resolves when the node has been asked to stop.
     pub async fn stopped(&self) {
         let mut rx = self.inner.stop.subscribe();
@@ -439,7 +444,10 @@ impl Node {
                 Ok(PeerReply::Reports(self.reports_as_leader()))
             }
             PeerRequest::Report(report) => {
-                self.must_lead()?;
+                if self.must_lead().is_err() {
+                    // From an agent-only node, which reaches any server: pass it on.
+                    return Box::pin(self.leader_call(PeerRequest::Report(report))).await;
+                }
                 self.inner.reports.record(*report);
                 Ok(PeerReply::Done)
             }
@@ -604,6 +612,7 @@ impl Node {
                 joined_ms: records::now_ms(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 removed: false,
+                agent_only: ticket.agent_only,
             };
             let txn = Txn {
                 compare: vec![
@@ -623,7 +632,8 @@ impl Node {
                     id,
                     cert_pem,
                     ca_pem: ca.cert_pem().to_string(),
-                    ca_key_pem: ca.key_pem(),
+                    // Only servers hold the CA key: an agent-only node never signs anything.
+                    ca_key_pem: if ticket.agent_only { String::new() } else { ca.key_pem() },
                     cluster_name: cluster.name,
                 });
             }

@@ -25,6 +25,9 @@ const METHOD_SNAPSHOT: u16 = 3;
 const METHOD_PEER: u16 = 10;
 /// A server stream of one unit's log file (`crate::logs::LogAsk`).
 pub(crate) const METHOD_LOGS: u16 = 11;
+/// A server stream of the caller's own instances, for agent-only nodes
+/// (`crate::agent_node::InstancesUpdate`).
+pub(crate) const METHOD_WATCH: u16 = 12;
 
 /// The TLS server name of a node on the node-to-node endpoint.
 pub fn node_server_name(id: NodeId) -> String {
@@ -83,6 +86,8 @@ pub struct JoinTicket {
     pub name: String,
     pub address: String,
     pub api_address: String,
+    /// Not a server: it gets no CA key and never joins Raft.
+    pub agent_only: bool,
 }
 
 impl std::fmt::Debug for JoinTicket {
@@ -312,6 +317,8 @@ impl Handler for PeerHandler {
                 let ask: crate::logs::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
                 node.local_log(ask)
             }
+            // Only the caller's own instances: an agent-only node sees nothing else.
+            METHOD_WATCH => node.watch_for(id),
             other => Err(format!("unknown stream method {other}")),
         }
     }

@@ -38,6 +38,8 @@ pub struct NodeRecord {
     pub version: String,
     /// Set by `hsu node remove` and `hsu node leave`; the record stays for the history.
     pub removed: bool,
+    /// An agent-only node: never in Raft, holds no CA key.
+    pub agent_only: bool,
     /// The sha256 of the certificate the node was enrolled with. Servers hold the CA key, so a
     /// certificate that merely chains to the CA proves little; the node must present this one.
     pub cert_sha256: [u8; 32],

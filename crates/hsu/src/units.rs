@@ -25,7 +25,7 @@ use crate::node::Node;
 use crate::peer::PeerRequest;
 
 /// The live status of each unit the agent has, shared by the applier with the reporter.
-type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<UnitStatus>>>>;
+pub(crate) type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<UnitStatus>>>>;
 
 /// Starts both tasks; they end when the node stops, the applier once the agent has left its
 /// units running (or stopped them, with `on_exit` [`OnExit::Stop`]). Returns the applier.
@@ -39,8 +39,39 @@ pub(crate) fn spawn(
     let views: Views = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let applier = tokio::spawn(applier(node.clone(), agent, views.clone(), seen.clone(), on_exit));
-    tokio::spawn(reporter(node, agent_dir, labels, views, seen));
+    let me = Me { id: node.id(), name: node.name().to_string(), agent_dir, labels };
+    let stop = node.stop_signal();
+    let send: Sender = Arc::new(move |report| {
+        let node = node.clone();
+        Box::pin(async move { node.report(report).await })
+    });
+    tokio::spawn(reporter(me, views, seen, stop, send));
     Ok(applier)
+}
+
+/// Who reports.
+pub(crate) struct Me {
+    pub id: hsu_model::NodeId,
+    pub name: String,
+    pub agent_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a report reaches the leader.
+pub(crate) type Sender = Arc<
+    dyn Fn(NodeReport) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
+/// Brings the agent to `want` and publishes the units' live status for the reporter.
+pub(crate) async fn apply_and_publish(agent: &mut Agent, want: &[UnitSpec], views: &Views) {
+    agent.apply(want.to_vec()).await;
+    let mut v = views.lock().unwrap_or_else(|p| p.into_inner());
+    v.clear();
+    for u in want {
+        if let Some(rx) = agent.watch(u.name.as_str()) {
+            v.insert(u.name.as_str().to_string(), rx);
+        }
+    }
 }
 
 fn desired(node: &Node) -> (Vec<UnitSpec>, u64) {
@@ -63,14 +94,7 @@ async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync
     loop {
         let (want, revision) = desired(&node);
         if last.as_ref() != Some(&want) {
-            agent.apply(want.clone()).await;
-            let mut v = views.lock().unwrap_or_else(|p| p.into_inner());
-            v.clear();
-            for u in &want {
-                if let Some(rx) = agent.watch(u.name.as_str()) {
-                    v.insert(u.name.as_str().to_string(), rx);
-                }
-            }
+            apply_and_publish(&mut agent, &want, &views).await;
             last = Some(want);
         }
         seen.store(revision, std::sync::atomic::Ordering::Release);
@@ -93,14 +117,15 @@ async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync
     }
 }
 
-async fn reporter(
-    node: Node,
-    agent_dir: PathBuf,
-    labels: BTreeMap<String, String>,
+/// Sends the leader a report when something changed and at least once a second, until `stop`.
+pub(crate) async fn reporter(
+    me: Me,
     views: Views,
     seen: Arc<std::sync::atomic::AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+    send: Sender,
 ) {
-    let capacity = match hsu_agent::resources::Sampler::new().and_then(|mut s| s.sample(&agent_dir)) {
+    let capacity = match hsu_agent::resources::Sampler::new().and_then(|mut s| s.sample(&me.agent_dir)) {
         Ok(r) => Capacity { cpu_millis: u64::from(r.cpu_cores) * 1000, memory_bytes: r.memory_total_bytes },
         Err(e) => {
             warn!("node resources unknown ({e}): only instances that ask for no CPU and no memory fit here");
@@ -114,7 +139,7 @@ async fn reporter(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = node.stopped() => return,
+            _ = stop.wait_for(|s| *s) => return,
         }
         // The revision first, then the units: the applier publishes the units before the
         // revision, so the units read here are at least as new as the revision says. (The other
@@ -157,14 +182,14 @@ async fn reporter(
             continue;
         }
         let report = NodeReport {
-            node: node.id(),
-            name: node.name().to_string(),
-            labels: labels.clone(),
+            node: me.id,
+            name: me.name.clone(),
+            labels: me.labels.clone(),
             capacity,
             instances: instances.clone(),
             seen_revision,
         };
-        match node.report(report).await {
+        match send(report).await {
             Ok(()) => last_sent = Some((Instant::now(), instances, seen_revision)),
             Err(e) => debug!("report to the master: {e}"),
         }

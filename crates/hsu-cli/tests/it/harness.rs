@@ -97,11 +97,17 @@ impl NodeProc {
     }
 
     pub fn join(root: &Path, name: &str, server: SocketAddr, token: &str) -> NodeProc {
+        NodeProc::join_with(root, name, server, token, &[])
+    }
+
+    /// `join` with more arguments (`--role agent`, `--label k=v`).
+    pub fn join_with(root: &Path, name: &str, server: SocketAddr, token: &str, extra: &[&str]) -> NodeProc {
         let (dir, listen, api) = (root.join(name), free_addr(), free_addr());
         let args = ["node", "join", &server.to_string(), "--name", name, "--data-dir"]
             .map(String::from)
             .into_iter()
             .chain([dir.display().to_string(), "--listen".into(), listen.to_string(), "--api".into(), api.to_string()])
+            .chain(extra.iter().map(|a| a.to_string()))
             .collect::<Vec<_>>();
         NodeProc::spawn(name, dir, listen, api, &args, Some(token))
     }

@@ -10,3 +10,4 @@ mod t40_deployments;
 mod t45_cut_off;
 mod t50_dev;
 mod t60_jobs;
+mod t70_agent_only;

@@ -79,6 +79,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .map(|n| {
                 let role = if n.removed {
                     "removed"
+                } else if n.agent_only {
+                    "agent"
                 } else if membership.membership().voter_ids().any(|v| v == n.id) {
                     "voter"
                 } else if membership.membership().get_node(&n.id).is_some() {
@@ -188,6 +190,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             name: r.name,
             address: r.address,
             api_address: r.api_address,
+            agent_only: r.agent_only,
         };
         match self.node.leader_call(PeerRequest::Join(ticket)).await? {
             PeerReply::Joined(g) => {
@@ -216,6 +219,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
             Ok(pb::Role::Auto) => RoleWish::Auto,
             Ok(pb::Role::Voter) => RoleWish::Voter,
             Ok(pb::Role::Learner) => RoleWish::Learner,
+            Ok(pb::Role::Agent) => {
+                return Err(Status::invalid_argument("role: an agent-only node is never added to Raft"))
+            }
             Err(_) => return Err(Status::invalid_argument(format!("role: unknown value {}", r.role))),
         };
         let target_voters = if r.target_voters == 0 { 3 } else { r.target_voters };

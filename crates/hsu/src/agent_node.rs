@@ -1,0 +1,309 @@
+//! Agent-only nodes: machines that run units but hold no replica of the store (edge devices).
+//!
+//! An agent-only node keeps a QUIC endpoint and an agent, nothing else. It asks any server for
+//! its own instances (`METHOD_WATCH`: a server stream that sends this node's instance records,
+//! and the servers' addresses, now and whenever they change) and reports to the leader through
+//! that server. It only ever sees what concerns it. Its units outlive it; when it starts again
+//! while no server can be reached (a reboot while cut off) it starts the units of its own
+//! records, then follows the servers once one answers.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hsu_agent::agent::{Agent, OnExit};
+use hsu_model::state::{self, Desired, InstanceRecord};
+use hsu_model::unit::UnitSpec;
+use hsu_model::{decode_record, encode_record, NodeId};
+use hsu_net::pki::{self, certs_from_pem, identity_of, Identity, RevocationAwareVerifier};
+use hsu_net::quic::{Endpoint, EndpointConfig, Handler, Peer, ALPN};
+use hsu_store::KeyRange;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::datadir::{DataDir, NodeState, Pki};
+use crate::error::NodeError;
+use crate::logs::LogAsk;
+use crate::node::{Node, Tuning};
+use crate::peer::{call_peer, node_server_name, parse_addr, PeerReply, PeerRequest, METHOD_LOGS, METHOD_WATCH};
+use crate::units::{apply_and_publish, reporter, Me, Sender, Views};
+
+/// What a server sends an agent-only node: its instances at a store revision, and where the
+/// servers are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstancesUpdate {
+    pub revision: u64,
+    pub instances: Vec<InstanceRecord>,
+    pub servers: Vec<(NodeId, String)>,
+}
+
+/// How often a server sends the list again even when nothing changed.
+const REFRESH: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// The server side of `METHOD_WATCH` for node `id`.
+    pub(crate) fn watch_for(&self, id: NodeId) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+        let (tx, rx) = mpsc::channel(4);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let prefix = state::node_instances_prefix(id);
+            loop {
+                let r = node.store().range_local(&KeyRange::Prefix(prefix.clone().into_bytes()), 0);
+                let instances = r.kvs.iter().filter_map(|kv| decode_record::<InstanceRecord>(&kv.value).ok()).collect();
+                let servers = {
+                    let m = node.store().raft().metrics().borrow().membership_config.clone();
+                    m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+                };
+                let update = InstancesUpdate { revision: r.revision, instances, servers };
+                let Ok(bytes) = encode_record(&update) else { return };
+                if tx.send(bytes).await.is_err() {
+                    return;
+                }
+                let Ok(mut w) = node.store().watch(KeyRange::Prefix(prefix.clone().into_bytes()), r.revision + 1)
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = w.next() => {}
+                    () = tokio::time::sleep(REFRESH) => {}
+                    () = tx.closed() => return,
+                    () = node.stopped() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// The log of a unit of the agent in `agent_dir`, for `hsu logs`.
+pub(crate) fn serve_log(agent_dir: &std::path::Path, ask: LogAsk) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+    let name = hsu_model::unit::UnitName::new(&ask.unit)?;
+    let dir = hsu_agent::record::unit_dir(agent_dir, name.as_str());
+    if !dir.exists() {
+        return Err(format!("no unit {} here", name.as_str()));
+    }
+    let path = dir.join(if ask.stderr { "stderr.log" } else { "stdout.log" });
+    let (head, offset) = hsu_agent::logs::read_tail(&path, ask.tail as usize).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if !head.is_empty() && tx.send(head).await.is_err() {
+            return;
+        }
+        if ask.follow {
+            hsu_agent::logs::follow(path, offset, Duration::from_millis(200), tx).await;
+        }
+    });
+    Ok(rx)
+}
+
+/// Serves the agent-only node's own endpoint: the servers ask it for unit logs.
+struct AgentHandler {
+    agent_dir: PathBuf,
+}
+
+impl Handler for AgentHandler {
+    async fn call(&self, _peer: Peer, method: u16, _body: Vec<u8>) -> Result<Vec<u8>, String> {
+        Err(format!("an agent-only node serves no method {method}"))
+    }
+
+    async fn stream(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+        match identity_of(&peer.cert_der) {
+            Ok(Identity::Node(_)) => {}
+            Ok(other) => return Err(format!("{other} may not call a node")),
+            Err(e) => return Err(e.to_string()),
+        }
+        match method {
+            METHOD_LOGS => serve_log(&self.agent_dir, decode_record(&body).map_err(|e| e.to_string())?),
+            other => Err(format!("unknown stream method {other}")),
+        }
+    }
+}
+
+struct Inner {
+    state: NodeState,
+    endpoint: Endpoint,
+    stop: watch::Sender<bool>,
+    units: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Servers as (id, QUIC address), first the one that answered last; kept in the data
+    /// directory for the next start.
+    servers: Mutex<Vec<(NodeId, String)>>,
+    servers_file: PathBuf,
+}
+
+/// A running agent-only node.
+#[derive(Clone)]
+pub struct AgentNode {
+    inner: Arc<Inner>,
+}
+
+impl AgentNode {
+    /// Starts the node of data directory `dir` (made by `hsu node join --role agent`).
+    pub async fn start(dir: &DataDir, state: NodeState, pki: Pki, tuning: Tuning) -> Result<AgentNode, NodeError> {
+        let ca_der = certs_from_pem(&pki.ca_pem)?
+            .first()
+            .map(|c| c.to_vec())
+            .ok_or_else(|| NodeError::Config("pki/ca.crt holds no certificate".into()))?;
+        // No store here, hence no revocation list: a removed node's certificate still completes
+        // a handshake with this node, but the servers refuse it everywhere that matters.
+        let verifier = RevocationAwareVerifier::new(ca_der, Arc::new(|_: &Identity| false))?;
+        let server_tls = pki::server_config(&pki.node, verifier, &[ALPN])?;
+        let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
+        let agent_dir = dir.agent_dir();
+        let handler = Arc::new(AgentHandler { agent_dir: agent_dir.clone() });
+        let endpoint = Endpoint::bind(state.listen, server_tls, client_tls, handler, EndpointConfig::default())?;
+        let servers_file = dir.root().join("servers.json");
+        let servers: Vec<(NodeId, String)> =
+            std::fs::read(&servers_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let node = AgentNode {
+            inner: Arc::new(Inner {
+                state,
+                endpoint,
+                stop: watch::channel(false).0,
+                units: Mutex::new(None),
+                servers: Mutex::new(servers),
+                servers_file,
+            }),
+        };
+        let agent = Agent::open(&agent_dir).map_err(NodeError::Config)?;
+        let views: Views = Arc::default();
+        let seen = Arc::new(AtomicU64::new(0));
+        let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
+        let applier = tokio::spawn(node.clone().applier(agent, views.clone(), seen.clone(), on_exit));
+        *node.inner.units.lock().unwrap_or_else(|p| p.into_inner()) = Some(applier);
+        let me = Me { id: node.id(), name: node.name().to_string(), agent_dir, labels: tuning.labels.clone() };
+        let sender = node.clone();
+        let send: Sender = Arc::new(move |report| {
+            let node = sender.clone();
+            Box::pin(async move { node.report(report).await })
+        });
+        tokio::spawn(reporter(me, views, seen, node.inner.stop.subscribe(), send));
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.state.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.state.name
+    }
+
+    /// Sets the servers to try, e.g. those a join learned (kept for the next start).
+    pub fn set_servers(&self, servers: Vec<(NodeId, String)>) {
+        let mut s = self.inner.servers.lock().unwrap_or_else(|p| p.into_inner());
+        if *s != servers && !servers.is_empty() {
+            if let Ok(text) = serde_json::to_vec(&servers) {
+                if let Err(e) = std::fs::write(&self.inner.servers_file, text) {
+                    warn!("cannot keep the server list in {}: {e}", self.inner.servers_file.display());
+                }
+            }
+            *s = servers;
+        }
+    }
+
+    fn servers(&self) -> Vec<(NodeId, String)> {
+        self.inner.servers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Resolves when the node has been asked to stop.
+    pub async fn stopped(&self) {
+        let mut rx = self.inner.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops the agent (its units keep running unless `stop_units_on_exit`) and the endpoint.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let units = self.inner.units.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(units) = units {
+            let _ = units.await;
+        }
+        self.inner.endpoint.shutdown().await;
+    }
+
+    /// Sends a report to the first server that takes it (servers pass it on to the leader).
+    async fn report(&self, report: hsu_model::state::NodeReport) -> Result<(), String> {
+        let req = PeerRequest::Report(Box::new(report));
+        let mut last = "no server known yet".to_string();
+        for (id, addr) in self.servers() {
+            match call_peer(&self.inner.endpoint, id, &addr, &req, Duration::from_secs(3)).await {
+                Ok(PeerReply::Done) => return Ok(()),
+                Ok(other) => last = format!("server {id}: unexpected reply {other:?}"),
+                Err(e) => last = format!("server {id}: {e:?}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn applier(self, mut agent: Agent, views: Views, seen: Arc<AtomicU64>, on_exit: OnExit) {
+        // What the agent recorded runs at once, before any server answers.
+        let mut current: Vec<UnitSpec> = agent.recorded_specs();
+        current.sort_by(|a, b| a.name.cmp(&b.name));
+        apply_and_publish(&mut agent, &current, &views).await;
+        let mut stop = self.inner.stop.subscribe();
+        let mut turn = 0usize;
+        loop {
+            let servers = self.servers();
+            if let Some((id, addr)) = servers.get(turn % servers.len().max(1)).cloned() {
+                turn += 1;
+                match self.follow(id, &addr, &mut agent, &views, &seen, &mut current, &mut stop).await {
+                    Ok(()) => break,
+                    Err(e) => debug!(server = id, "instance stream: {e}"),
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        agent.shutdown(on_exit).await;
+    }
+
+    /// Follows one server's stream of this node's instances; Ok when the node stops.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        id: NodeId,
+        addr: &str,
+        agent: &mut Agent,
+        views: &Views,
+        seen: &AtomicU64,
+        current: &mut Vec<UnitSpec>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let addr = parse_addr(addr)?;
+        let mut rx = self
+            .inner
+            .endpoint
+            .stream(addr, &node_server_name(id), METHOD_WATCH, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let frame = tokio::select! {
+                f = rx.recv() => f,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            let bytes = match frame {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the server ended the stream".into()),
+            };
+            let update: InstancesUpdate = decode_record(&bytes).map_err(|e| e.to_string())?;
+            let mut want: Vec<UnitSpec> =
+                update.instances.iter().filter(|i| i.desired == Desired::Run).map(|i| i.unit.0.clone()).collect();
+            want.sort_by(|a, b| a.name.cmp(&b.name));
+            if want != *current {
+                info!(units = want.len(), server = id, "instances changed");
+                apply_and_publish(agent, &want, views).await;
+                *current = want;
+            }
+            seen.store(update.revision, Ordering::Release);
+            // The server that answered goes first next time.
+            let mut servers = update.servers.clone();
+            servers.sort_by_key(|(s, _)| *s != id);
+            self.set_servers(servers);
+        }
+    }
+}
