@@ -645,24 +645,25 @@ fn describe_apply(r: &hsu_agent::ApplyReport) -> String {
 }
 
 /// Runs a node until it is asked to stop (SIGINT, SIGTERM, or `hsu node leave`).
-async fn foreground_agent(node: hsu::agent_node::AgentNode) -> anyhow::Result<()> {
+/// Waits for Ctrl-C, SIGTERM, or `stopped` (the node stopping by itself, after `leave`).
+async fn until_signal(stopped: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = node.stopped() => {}
+        _ = stopped => {}
     }
+    Ok(())
+}
+
+async fn foreground_agent(node: hsu::agent_node::AgentNode) -> anyhow::Result<()> {
+    until_signal(node.stopped()).await?;
     node.shutdown().await;
     Ok(())
 }
 
 pub(crate) async fn foreground(node: Node) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-        _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = node.stopped() => {}
-    }
+    until_signal(node.stopped()).await?;
     node.shutdown().await;
     Ok(())
 }
