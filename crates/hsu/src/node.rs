@@ -444,14 +444,15 @@ impl Node {
                 Ok(PeerReply::Reports(self.reports_as_leader()))
             }
             PeerRequest::Report(report) => {
-                if self.must_lead().is_err() {
-                    // From an agent-only node, which reaches any server: pass it on.
-                    return Box::pin(self.leader_call(PeerRequest::Report(report))).await;
-                }
+                self.must_lead()?;
                 self.inner.reports.record(*report);
                 Ok(PeerReply::Done)
             }
         }
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.must_lead().is_ok()
     }
 
     fn must_lead(&self) -> Result<(), PeerError> {

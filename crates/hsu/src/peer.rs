@@ -291,7 +291,13 @@ impl Handler for PeerHandler {
                         return Err(format!("node {id} may not report for node {}", r.node));
                     }
                 }
-                let reply = node.handle_peer(req).await;
+                let reply = match req {
+                    // From an agent-only node, which reaches any server: passed on to the leader.
+                    // (Not from inside `handle_peer`: a node that has just stopped leading may
+                    // still name itself as the leader, and would pass the report to itself.)
+                    PeerRequest::Report(_) if !node.is_leader() => node.leader_call(req).await,
+                    req => node.handle_peer(req).await,
+                };
                 return encode_record(&reply).map_err(|e| e.to_string());
             }
             other => return Err(format!("unknown method {other}")),
