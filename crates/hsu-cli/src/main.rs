@@ -788,24 +788,32 @@ async fn client_command(
                 .iter()
                 .map(|n| {
                     serde_json::json!({"id": n.id, "name": n.name, "role": n.role, "address": n.address,
-                        "api_address": n.api_address, "version": n.version, "joined_unix_ms": n.joined_unix_ms})
+                        "api_address": n.api_address, "version": n.version, "joined_unix_ms": n.joined_unix_ms,
+                        "ready": n.ready, "cpu_millis": n.cpu_millis, "memory_bytes": n.memory_bytes,
+                        "labels": n.labels, "units": n.units, "last_report_ms": n.last_report_ms})
                 })
                 .collect();
             print(out, &value, |_| {
                 let rows = nodes
                     .iter()
                     .map(|n| {
+                        let mut labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        labels.sort();
                         vec![
                             n.id.to_string(),
                             n.name.clone(),
                             n.role.clone(),
+                            if n.ready { "ready" } else { "not ready" }.into(),
                             n.address.clone(),
-                            n.api_address.clone(),
+                            format!("{:.1}", n.cpu_millis as f64 / 1000.0),
+                            format!("{} MiB", n.memory_bytes >> 20),
+                            n.units.to_string(),
+                            labels.join(","),
                             n.version.clone(),
                         ]
                     })
                     .collect();
-                table(&["ID", "NAME", "ROLE", "ADDRESS", "API", "VERSION"], rows)
+                table(&["ID", "NAME", "ROLE", "STATUS", "ADDRESS", "CPU", "MEMORY", "UNITS", "LABELS", "VERSION"], rows)
             })
         }
         Command::Node(NodeCommand::Leave) => {

@@ -58,8 +58,16 @@ fn an_agent_only_node_runs_its_instances_and_survives_being_cut_off() {
     let listed = poll("edge listed as an agent", || {
         let text = cli_ok(&config, servers[0].api, &["node", "list", "-o", "json"])?;
         let v: Value = serde_json::from_str(&text).unwrap();
+        // Listed with its role, health and what it reports: labels and capacity.
         match v.as_array().unwrap().iter().find(|n| n["name"] == "edge") {
-            Some(n) if n["role"] == "agent" => Ok(v.clone()),
+            Some(n)
+                if n["role"] == "agent"
+                    && n["ready"] == true
+                    && n["labels"]["site"] == "edge"
+                    && n["cpu_millis"].as_u64() > Some(0) =>
+            {
+                Ok(v.clone())
+            }
             _ => Err(text),
         }
     });

@@ -74,9 +74,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
         authorize(&self.node, &req, Need::Read)?;
         let membership = self.node.store().raft().metrics().borrow().membership_config.clone();
         let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(crate::error::status_of)?;
+        // Health and resources come from the leader's memory; without a leader, none are known.
+        let reports = tokio::time::timeout(Duration::from_secs(1), self.node.reports_view())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let nodes = nodes
             .into_iter()
             .map(|n| {
+                let report = reports.reports.iter().find(|(id, _, _)| *id == n.id);
                 let role = if n.removed {
                     "removed"
                 } else if n.agent_only {
@@ -96,6 +103,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     joined_unix_ms: n.joined_ms,
                     version: n.version,
                     role: role.into(),
+                    ready: report.is_some_and(|(_, age, _)| *age < reports.grace_ms),
+                    cpu_millis: report.map_or(0, |(_, _, r)| r.capacity.cpu_millis),
+                    memory_bytes: report.map_or(0, |(_, _, r)| r.capacity.memory_bytes),
+                    labels: report.map(|(_, _, r)| r.labels.clone().into_iter().collect()).unwrap_or_default(),
+                    units: report.map_or(0, |(_, _, r)| r.instances.len() as u32),
+                    last_report_ms: report.map_or(0, |(_, age, _)| *age),
                 }
             })
             .collect();

@@ -194,7 +194,20 @@ impl TestCluster {
     /// linearizably, so that whatever was committed before this call is included.
     pub async fn observe(&self) -> Observed {
         let (mut cluster, _) = self.admin().await;
-        let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+        let mut nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+        // What nodes report (health, capacity, units) lives in the leader's memory and changes
+        // by itself; the records are what a refused call must leave alone.
+        for n in &mut nodes {
+            *n = pb::Node {
+                ready: false,
+                cpu_millis: 0,
+                memory_bytes: 0,
+                labels: Default::default(),
+                units: 0,
+                last_report_ms: 0,
+                ..n.clone()
+            };
+        }
         let tokens = cluster.list_tokens(pb::ListTokensRequest {}).await.expect("list tokens").into_inner().tokens;
         // The KV API cannot reach the cluster's own records, so this one is read from the store.
         let next = self
