@@ -460,7 +460,8 @@ pub async fn pass(
     // decode): stop them, then delete their records.
     let deployments = owner_keys(store, state::DEPLOYMENTS, |d: &DeploymentRecord| d.uid.clone());
     let jobs = owner_keys(store, state::JOBS, |j: &JobRecord| j.uid.clone());
-    let mut txn = Txn::default();
+    let mut orphans = Vec::new();
+    let (mut stop, mut delete) = (Vec::new(), Vec::new());
     for (kv, i) in &w.instances {
         let owners = match i.owner_kind {
             OwnerKind::Deployment => &deployments,
@@ -472,23 +473,16 @@ pub async fn pass(
             _ => {}
         }
         let observed = w.observe(i);
-        let gone = matches!(observed, Observed::NodeDown | Observed::Absent)
-            || matches!(&observed, Observed::Reported(r) if is_down(r));
-        if gone {
-            txn.compare.push(same(&kv.key, kv.mod_revision));
-            txn.success.push(Op::Delete { range: KeyRange::Key(kv.key.clone()) });
-        } else if i.desired == Desired::Run {
-            let mut stopped = i.clone();
-            stopped.desired = Desired::Stop;
-            txn.compare.push(same(&kv.key, kv.mod_revision));
-            txn.success.push(put(state::instance_key(i.node, &i.id), encode(&stopped)?));
+        if observed == Observed::NodeDown || observed.is_down() {
+            delete.push(i.id.clone());
+        } else {
+            stop.push(i.id.clone());
         }
+        orphans.push((kv.clone(), i.clone()));
     }
+    let mut txn = Txn::default();
+    stop_and_delete(&mut txn, &orphans, &stop, &delete)?;
     commit(store, txn, "orphans").await
-}
-
-fn is_down(r: &InstanceReport) -> bool {
-    matches!(r.state.as_str(), "stopped" | "exited" | "failed")
 }
 
 fn i_mod(instances: &[(KeyValue, InstanceRecord)], id: &str) -> u64 {

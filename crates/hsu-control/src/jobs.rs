@@ -77,12 +77,7 @@ pub fn step(rec: &JobRecord, instances: &[InstanceView], now_ms: u64) -> JobStep
     let mut next = rec.clone();
     // Instances of runs no longer kept (the oldest runs are dropped): stop, then delete them.
     for i in instances.iter().filter(|i| !rec.runs.iter().any(|r| r.id == i.revision)) {
-        let down = match &i.observed {
-            Observed::Reported(r) => r.finished || matches!(r.state.as_str(), "stopped" | "exited" | "failed"),
-            Observed::Absent | Observed::NodeDown => true,
-            Observed::Unknown => false,
-        };
-        if down {
+        if i.observed == Observed::NodeDown || i.observed.is_down() {
             out.delete.push(i.id.clone());
         } else if i.desired == Desired::Run {
             out.stop.push(i.id.clone());

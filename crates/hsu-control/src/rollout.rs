@@ -48,12 +48,15 @@ impl InstanceView {
     fn ready(&self) -> bool {
         matches!(&self.observed, Observed::Reported(r) if r.ready)
     }
+}
 
-    fn is_down(&self) -> bool {
-        match &self.observed {
+impl Observed {
+    /// Its node has seen its record and does not run it, or reports it down for good.
+    pub fn is_down(&self) -> bool {
+        match self {
             Observed::Absent => true,
-            Observed::Reported(r) => matches!(r.state.as_str(), "stopped" | "exited" | "failed"),
-            _ => false,
+            Observed::Reported(r) => r.is_down(),
+            Observed::Unknown | Observed::NodeDown => false,
         }
     }
 }
@@ -95,7 +98,7 @@ pub fn step(rec: &DeploymentRecord, instances: &[InstanceView], stable: Option<S
         if i.observed == Observed::NodeDown {
             next.push_event(now_ms, format!("instance {} lost with node {}; replacing it", i.id, i.node));
             out.delete.push(i.id.clone());
-        } else if i.is_down() {
+        } else if i.observed.is_down() {
             if i.desired == Desired::Run {
                 let why = match &i.observed {
                     Observed::Reported(r) => format!("it is {}", r.state),

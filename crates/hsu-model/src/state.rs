@@ -324,6 +324,14 @@ pub struct InstanceReport {
     pub message: Option<String>,
 }
 
+impl InstanceReport {
+    /// Not running and not coming back by itself: stopped, exited (its restart policy keeps it
+    /// down) or failed (the agent gave up on it).
+    pub fn is_down(&self) -> bool {
+        matches!(self.state.as_str(), "stopped" | "exited" | "failed")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,19 @@ impl Node {
             .collect()
     }
 
+    /// The record at exactly `key`, with its key-value (for a compare on its mod revision).
+    async fn record_at<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(KeyValue, T)>, PeerError> {
+        let r = self.range(KeyRange::Key(key.as_bytes().to_vec()), 1, Consistency::Linearizable).await?;
+        r.kvs
+            .into_iter()
+            .next()
+            .map(|kv| {
+                let v = records::decode(&kv.key, &kv.value)?;
+                Ok((kv, v))
+            })
+            .transpose()
+    }
+
     /// Applies every document of `files` in one transaction; retried when another writer got
     /// there first (the controller updating a status, say).
     pub async fn apply_documents(
@@ -104,8 +117,7 @@ impl Node {
                     Object::Job(j) => {
                         let (ns, name) = (j.metadata.namespace.as_str(), j.metadata.name.as_str());
                         let key = state::job_key(ns, name);
-                        let existing: Option<(KeyValue, JobRecord)> =
-                            self.list_records(&key).await?.into_iter().find(|(kv, _)| kv.key == key.as_bytes());
+                        let existing: Option<(KeyValue, JobRecord)> = self.record_at(&key).await?;
                         txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
                         let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, &new_uid(), now);
                         let result = match (&existing, &next) {
@@ -133,8 +145,7 @@ impl Node {
                 };
                 let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
                 let key = state::deployment_key(ns, name);
-                let existing: Option<(KeyValue, DeploymentRecord)> =
-                    self.list_records(&key).await?.into_iter().find(|(kv, _)| kv.key == key.as_bytes());
+                let existing: Option<(KeyValue, DeploymentRecord)> = self.record_at(&key).await?;
                 let revisions: Vec<(KeyValue, RevisionRecord)> =
                     self.list_records(&state::revisions_prefix(ns, name)).await?;
                 let revs: Vec<RevisionRecord> = revisions.iter().map(|(_, r)| r.clone()).collect();
@@ -262,11 +273,7 @@ impl Node {
 
     async fn deployment(&self, namespace: &str, name: &str) -> Result<(KeyValue, DeploymentRecord), PeerError> {
         let key = state::deployment_key(namespace, name);
-        self.list_records(&key)
-            .await?
-            .into_iter()
-            .find(|(kv, _)| kv.key == key.as_bytes())
-            .ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
+        self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
     }
 
     pub async fn revisions(&self, namespace: &str, name: &str) -> Result<Vec<RevisionRecord>, PeerError> {
@@ -334,10 +341,8 @@ impl Node {
                 success: vec![put(state::deployment_key(namespace, name), &next)],
                 failure: vec![],
             };
-            if let hsu_store::Response::Txn(r) = self.propose(Request::Txn(txn)).await? {
-                if r.succeeded {
-                    return Ok(next);
-                }
+            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
+                return Ok(next);
             }
         }
         Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
@@ -368,22 +373,16 @@ impl Node {
         }
         let key = state::job_key(namespace, name);
         for _attempt in 0..10 {
-            let (kv, mut rec): (KeyValue, JobRecord) = self
-                .list_records(&key)
-                .await?
-                .into_iter()
-                .find(|(kv, _)| kv.key == key.as_bytes())
-                .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
+            let (kv, mut rec): (KeyValue, JobRecord) =
+                self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
             let run = rec.start_run(env.clone(), records::now_ms());
             let txn = Txn {
                 compare: vec![same(&kv.key, kv.mod_revision)],
                 success: vec![put(key.clone(), &rec)],
                 failure: vec![],
             };
-            if let hsu_store::Response::Txn(r) = self.propose(Request::Txn(txn)).await? {
-                if r.succeeded {
-                    return Ok(run);
-                }
+            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
+                return Ok(run);
             }
         }
         Err(hsu_store::Error::Unavailable("the job kept changing; try again".into()).into())
@@ -393,12 +392,8 @@ impl Node {
     pub async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
         let key = state::job_key(namespace, name);
         for _attempt in 0..10 {
-            let (kv, _): (KeyValue, JobRecord) = self
-                .list_records(&key)
-                .await?
-                .into_iter()
-                .find(|(kv, _)| kv.key == key.as_bytes())
-                .ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
+            let (kv, _): (KeyValue, JobRecord) =
+                self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
             let txn = Txn {
                 compare: vec![same(&kv.key, kv.mod_revision)],
                 success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],

@@ -203,3 +203,35 @@ pub fn status_json(config: &Path, endpoint: SocketAddr) -> Result<serde_json::Va
     let text = cli_ok(config, endpoint, &["status", "-o", "json"])?;
     serde_json::from_str(&text).map_err(|e| format!("status is not JSON: {e}: {text}"))
 }
+
+/// Three nodes (`init` n1, `join` n2 and n3) once they are three healthy voters; with n1's admin
+/// config and the join token.
+pub fn three_voters(root: &Path) -> ([NodeProc; 3], PathBuf, String) {
+    let n1 = NodeProc::init(root, "n1");
+    let config = n1.dir.join("admin.conf");
+    let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
+    let n2 = NodeProc::join(root, "n2", n1.api, &token);
+    let n3 = NodeProc::join(root, "n3", n1.api, &token);
+    let nodes = [n1, n2, n3];
+    poll("three healthy voters", || {
+        let s = status_json(&config, nodes[0].api)?;
+        let m = s["members"].as_array().unwrap();
+        if m.len() == 3 && m.iter().all(|m| m["healthy"] == true && m["role"] == "voter") {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    (nodes, config, token)
+}
+
+/// The pid a test unit wrote to `<dir>/pids/<unit>`.
+pub fn pid_of(dir: &Path, unit: &str) -> Option<i32> {
+    std::fs::read_to_string(dir.join("pids").join(unit)).ok()?.trim().parse().ok()
+}
+
+/// The process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}

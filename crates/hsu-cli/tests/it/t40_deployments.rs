@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{cli, cli_ok, poll, poll_for, status_json, NodeProc, NODE_GRACE};
+use crate::harness::{alive, cli, cli_ok, pid_of, poll, poll_for, status_json, three_voters, NODE_GRACE};
 
 const SERVER: &str = r#"
 import http.server, os, sys, threading, time
@@ -88,18 +88,6 @@ fn complete(config: &Path, api: std::net::SocketAddr, revision: u64) -> Result<(
     } else {
         Err(d.to_string())
     }
-}
-
-fn pid_of(dir: &Path, unit: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join("pids").join(unit)).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead: read its state.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// Samples instances every 50 ms through the API until stopped: the fewest ready and the most
@@ -176,21 +164,7 @@ fn deployments_spread_roll_heal_roll_back_and_say_why_they_are_pending() {
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("server.py");
     std::fs::write(&script, SERVER).unwrap();
-    let n1 = NodeProc::init(root.path(), "n1");
-    let config = n1.dir.join("admin.conf");
-    let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
-    let n2 = NodeProc::join(root.path(), "n2", n1.api, &token);
-    let n3 = NodeProc::join(root.path(), "n3", n1.api, &token);
-    let mut nodes = [n1, n2, n3];
-    poll("three healthy voters", || {
-        let s = status_json(&config, nodes[0].api)?;
-        let m = s["members"].as_array().unwrap();
-        if m.len() == 3 && m.iter().all(|m| m["healthy"] == true && m["role"] == "voter") {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    let (mut nodes, config, _) = three_voters(root.path());
 
     // 3 replicas on 3 nodes: one on each.
     apply(&config, nodes[0].api, units.path(), &spec(&script, "1", true, "30s"));

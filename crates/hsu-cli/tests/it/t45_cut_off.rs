@@ -2,12 +2,11 @@
 //! process restarts while still alone (its units gone too, as after a reboot) it starts them
 //! again from its own copy of the store.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{cli_ok, poll, status_json, NodeProc, NODE_GRACE};
+use crate::harness::{alive, cli_ok, pid_of, poll, three_voters, NODE_GRACE};
 
 const SERVER: &str = r#"
 import os, sys, time
@@ -20,38 +19,13 @@ while os.path.exists(me):
     time.sleep(0.2)
 "#;
 
-fn pid_of(dir: &Path, unit: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join("pids").join(unit)).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_node_alone_keeps_its_units_and_starts_them_again_after_a_restart() {
     let root = tempfile::tempdir().unwrap();
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("unit.py");
     std::fs::write(&script, SERVER).unwrap();
-    let n1 = NodeProc::init(root.path(), "n1");
-    let config = n1.dir.join("admin.conf");
-    let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
-    let n2 = NodeProc::join(root.path(), "n2", n1.api, &token);
-    let n3 = NodeProc::join(root.path(), "n3", n1.api, &token);
-    let mut nodes = [n1, n2, n3];
-    poll("three healthy voters", || {
-        let s = status_json(&config, nodes[0].api)?;
-        let m = s["members"].as_array().unwrap();
-        if m.len() == 3 && m.iter().all(|m| m["healthy"] == true && m["role"] == "voter") {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    let (mut nodes, config, _) = three_voters(root.path());
     let spec = format!(
         "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {{name: edge}}\nspec:\n  replicas: 3\n  template: {{command: [python3, \"{}\"], stop: {{grace: 1s}}}}\n  placement: {{maxPerNode: 1}}\n",
         script.display()

@@ -3,11 +3,9 @@
 //! units' logs, and after a restart while every server is gone it starts its units again from
 //! its own records.
 
-use std::path::Path;
-
 use serde_json::Value;
 
-use crate::harness::{cli_ok, poll, status_json, NodeProc};
+use crate::harness::{alive, cli_ok, pid_of, poll, status_json, three_voters, NodeProc};
 
 const UNIT: &str = r#"
 import os, time
@@ -21,38 +19,13 @@ while os.path.exists(me):
     time.sleep(0.2)
 "#;
 
-fn pid_of(dir: &Path, unit: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join("pids").join(unit)).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
 #[test]
 fn an_agent_only_node_runs_its_instances_and_survives_being_cut_off() {
     let root = tempfile::tempdir().unwrap();
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("unit.py");
     std::fs::write(&script, UNIT).unwrap();
-    let n1 = NodeProc::init(root.path(), "n1");
-    let config = n1.dir.join("admin.conf");
-    let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();
-    let n2 = NodeProc::join(root.path(), "n2", n1.api, &token);
-    let n3 = NodeProc::join(root.path(), "n3", n1.api, &token);
-    let mut servers = [n1, n2, n3];
-    poll("three healthy voters", || {
-        let s = status_json(&config, servers[0].api)?;
-        let m = s["members"].as_array().unwrap();
-        if m.len() == 3 && m.iter().all(|m| m["healthy"] == true && m["role"] == "voter") {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    let (mut servers, config, token) = three_voters(root.path());
     let mut edge =
         NodeProc::join_with(root.path(), "edge", servers[1].api, &token, &["--role", "agent", "--label", "site=edge"]);
     let listed = poll("edge listed as an agent", || {
