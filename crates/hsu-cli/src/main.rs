@@ -355,8 +355,12 @@ enum NodeCommand {
     },
     /// The nodes of the cluster.
     List,
-    /// The node at the endpoint leaves the cluster gracefully and stops.
-    Leave,
+    /// The node at the endpoint leaves the cluster gracefully and stops. With --data-dir: the
+    /// agent-only node of that data directory leaves (it has no API to ask).
+    Leave {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Remove a node by force and revoke its certificate.
     Remove { id: u64 },
 }
@@ -496,8 +500,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let init = bootstrap::init(opts).await?;
             println!("cluster created; this node is {} (id 1)", init.node.name());
             println!("admin config: {}", data_dir.join("admin.conf").display());
-            println!("join token (also in {}):", data_dir.join("join-token").display());
-            println!("{}", init.join_token);
+            // The token is a credential: it goes to a file only this user can read, never to the
+            // output of a long-running server (which ends up in logs).
+            println!("join token: in {} (`hsu token create` makes more)", data_dir.join("join-token").display());
             foreground(init.node).await
         }
         Command::Node(NodeCommand::Join {
@@ -543,6 +548,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let node = bootstrap::run(data_dir, listen, api, timing.tuning()).await?;
             println!("running node {} (id {})", node.name(), node.id());
             foreground(node).await
+        }
+        Command::Node(NodeCommand::Leave { data_dir: Some(data_dir) }) => {
+            if !bootstrap::is_agent_only(&data_dir)? {
+                bail!(
+                    "{} holds a server node: make it leave through its API (`hsu node leave --endpoint ADDR`)",
+                    data_dir.display()
+                );
+            }
+            let id = hsu::agent_node::leave(&hsu::datadir::DataDir::new(&data_dir)).await?;
+            print(cli.output, &serde_json::json!({"left": id}), |_| {
+                format!("agent-only node {id} left the cluster; a running node of this data directory stops\n")
+            })
         }
         Command::Agent(cmd) => agent_command(cmd, cli.output).await,
         Command::Dev { api, listen, file, keep } => dev::run(api, listen, file, keep).await,
@@ -659,13 +676,22 @@ async fn until_signal(stopped: impl std::future::Future<Output = ()>) -> anyhow:
 async fn foreground_agent(node: hsu::agent_node::AgentNode) -> anyhow::Result<()> {
     until_signal(node.stopped()).await?;
     node.shutdown().await;
-    Ok(())
+    departed(node.departure())
 }
 
 pub(crate) async fn foreground(node: Node) -> anyhow::Result<()> {
     until_signal(node.stopped()).await?;
     node.shutdown().await;
-    Ok(())
+    departed(node.departure())
+}
+
+/// A node that left exits 0; one that was removed fails, so a supervisor does not take the
+/// exit for a clean stop (and `hsu node run` on its data directory says it was removed).
+fn departed(departure: Option<hsu::removal::Departure>) -> anyhow::Result<()> {
+    match departure {
+        Some(hsu::removal::Departure::Removed(reason)) => bail!("this node was removed from the cluster: {reason}"),
+        _ => Ok(()),
+    }
 }
 
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<ClientConfig> {
@@ -816,7 +842,7 @@ async fn client_command(
                 table(&["ID", "NAME", "ROLE", "STATUS", "ADDRESS", "CPU", "MEMORY", "UNITS", "LABELS", "VERSION"], rows)
             })
         }
-        Command::Node(NodeCommand::Leave) => {
+        Command::Node(NodeCommand::Leave { .. }) => {
             let r = cluster.leave(pb::LeaveRequest {}).await.map_err(status)?.into_inner();
             print(out, &serde_json::json!({"left": r.node_id}), |_| {
                 format!("node {} left the cluster and is stopping\n", r.node_id)

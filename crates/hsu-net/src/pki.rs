@@ -58,6 +58,8 @@ use x509_parser::prelude::FromDer;
 const DNS_SUFFIX: &str = ".hsu";
 /// Prefix of the URI SAN that carries a node identity.
 const NODE_URI_PREFIX: &str = "hsu://node/";
+/// Prefix of the URI SAN that carries an agent-only node identity.
+const AGENT_URI_PREFIX: &str = "hsu://agent/";
 /// Prefix of the URI SAN that carries an administrator identity.
 const ADMIN_URI_PREFIX: &str = "hsu://admin/";
 /// Scheme shared by all identity URIs; any URI SAN with it must parse as an identity.
@@ -81,27 +83,33 @@ pub const API_SERVER_NAME: &str = "api.hsu";
 /// Who a certificate says its holder is. Identity is the node id, never an IP address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Identity {
-    /// A cluster node, named by its numeric node id.
+    /// A server node (one that may hold a replica of the store), named by its numeric node id.
     Node(u64),
+    /// An agent-only node: it runs units but never holds the store, the CA key or a vote. The
+    /// role is in the certificate, so any node can tell an agent from a server without asking
+    /// the store (a joining server has no store yet).
+    Agent(u64),
     /// An administrator, named by a short `[a-z0-9-]{1,63}` name.
     Admin(String),
 }
 
 impl Identity {
-    /// The DNS-style name used as TLS server name / SAN: "node-<id>.hsu" for nodes,
-    /// "admin-<name>.hsu" for admins.
+    /// The DNS-style name used as TLS server name / SAN: "node-<id>.hsu" for nodes (servers and
+    /// agent-only alike, so a caller dials any node by id), "admin-<name>.hsu" for admins.
     pub fn dns_name(&self) -> String {
         match self {
-            Identity::Node(id) => format!("node-{id}{DNS_SUFFIX}"),
+            Identity::Node(id) | Identity::Agent(id) => format!("node-{id}{DNS_SUFFIX}"),
             Identity::Admin(name) => format!("admin-{name}{DNS_SUFFIX}"),
         }
     }
 
-    /// The URI SAN that carries this identity in a certificate: "hsu://node/<id>" or
-    /// "hsu://admin/<name>". This, not the DNS name, is what [`identity_of`] reads back.
+    /// The URI SAN that carries this identity in a certificate: "hsu://node/<id>",
+    /// "hsu://agent/<id>" or "hsu://admin/<name>". This, not the DNS name, is what
+    /// [`identity_of`] reads back.
     pub fn uri(&self) -> String {
         match self {
             Identity::Node(id) => format!("{NODE_URI_PREFIX}{id}"),
+            Identity::Agent(id) => format!("{AGENT_URI_PREFIX}{id}"),
             Identity::Admin(name) => format!("{ADMIN_URI_PREFIX}{name}"),
         }
     }
@@ -111,7 +119,18 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Node(id) => write!(f, "node {id}"),
+            Identity::Agent(id) => write!(f, "agent-only node {id}"),
             Identity::Admin(name) => write!(f, "admin {name}"),
+        }
+    }
+}
+
+impl Identity {
+    /// The node id of a node identity (server or agent-only), `None` for an administrator.
+    pub fn node_id(&self) -> Option<u64> {
+        match self {
+            Identity::Node(id) | Identity::Agent(id) => Some(*id),
+            Identity::Admin(_) => None,
         }
     }
 }
@@ -363,11 +382,23 @@ impl ClusterCa {
         self.issue_with_fresh_key(&Identity::Node(node_id), days)
     }
 
-    /// Signs a CSR for node `node_id`. The CA decides the identity: whatever subject/SANs the
-    /// CSR asks for are ignored and replaced by the node identity. Returns the certificate PEM
-    /// as the chain leaf + CA. The CSR's signature must verify, which proves the requester holds
-    /// the private key of the public key being certified.
-    pub fn sign_node_csr(&self, csr_pem: &str, node_id: u64, days: u32) -> Result<String, PkiError> {
+    /// "hsu://agent/<id>": an agent-only node's certificate (serves node-to-node requests as
+    /// "node-<id>.hsu", but not the public API).
+    pub fn issue_agent(&self, node_id: u64, days: u32) -> Result<CertifiedKey, PkiError> {
+        self.issue_with_fresh_key(&Identity::Agent(node_id), days)
+    }
+
+    /// Signs a CSR for `identity` (a server or an agent-only node). The CA decides the identity:
+    /// whatever subject/SANs the CSR asks for are ignored and replaced by `identity`. Returns the
+    /// certificate PEM as the chain leaf + CA. The CSR's signature must verify, which proves the
+    /// requester holds the private key of the public key being certified.
+    pub fn sign_node_csr(&self, csr_pem: &str, identity: &Identity, days: u32) -> Result<String, PkiError> {
+        if identity.node_id().is_none() {
+            return Err(PkiError::WrongIdentityKind {
+                expected: "a node identity for a node CSR",
+                found: identity.clone(),
+            });
+        }
         let csr_der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .map_err(|e| PkiError::InvalidPem { expected: "a CERTIFICATE REQUEST block", found: e.to_string() })?;
         let (rest, csr) = X509CertificationRequest::from_der(csr_der.as_ref())
@@ -387,7 +418,7 @@ impl ClusterCa {
             .map_err(|e| {
                 PkiError::InvalidCsr(format!("expected a supported public key (ecdsa, ed25519 or rsa), found: {e}"))
             })?;
-        let params = leaf_params(&Identity::Node(node_id), days)?;
+        let params = leaf_params(identity, days)?;
         let cert = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|source| PkiError::Generation { action: "sign the node certificate", source })?;
@@ -439,7 +470,9 @@ fn leaf_params(identity: &Identity, days: u32) -> Result<CertificateParams, PkiE
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match identity {
         // Nodes both serve and dial each other, so they need both purposes.
-        Identity::Node(_) => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Identity::Node(_) | Identity::Agent(_) => {
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        }
         // An administrator only ever dials in; without serverAuth its certificate cannot be used
         // to impersonate a node.
         Identity::Admin(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
@@ -539,20 +572,29 @@ pub fn identity_of(cert_der: &[u8]) -> Result<Identity, PkiError> {
     }
 }
 
+/// Only the canonical decimal form is accepted ("7", not "07" or "+7"), so that every node id
+/// has exactly one spelling and identities compare reliably.
+fn parse_node_id(id: &str) -> Option<u64> {
+    let canonical = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
+    id.parse::<u64>().ok().filter(|_| canonical)
+}
+
 fn parse_identity_uri(uri: &str) -> Result<Identity, PkiError> {
     let malformed = |reason: &str| PkiError::MalformedIdentity { uri: uri.to_owned(), reason: reason.to_owned() };
     if let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) {
-        // Only the canonical decimal form is accepted ("7", not "07" or "+7"), so that every
-        // node id has exactly one spelling and identities compare reliably.
-        let canonical = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && (id == "0" || !id.starts_with('0'));
-        let parsed = id.parse::<u64>().ok().filter(|_| canonical);
-        parsed.map(Identity::Node).ok_or_else(|| malformed("expected a decimal node id without leading zeros"))
+        parse_node_id(id)
+            .map(Identity::Node)
+            .ok_or_else(|| malformed("expected a decimal node id without leading zeros"))
+    } else if let Some(id) = uri.strip_prefix(AGENT_URI_PREFIX) {
+        parse_node_id(id)
+            .map(Identity::Agent)
+            .ok_or_else(|| malformed("expected a decimal node id without leading zeros"))
     } else if let Some(name) = uri.strip_prefix(ADMIN_URI_PREFIX) {
         validate_admin_name(name)
             .map(|()| Identity::Admin(name.to_owned()))
             .map_err(|_| malformed("expected an admin name of 1 to 63 characters of [a-z0-9-]"))
     } else {
-        Err(malformed("expected \"hsu://node/<id>\" or \"hsu://admin/<name>\""))
+        Err(malformed("expected \"hsu://node/<id>\", \"hsu://agent/<id>\" or \"hsu://admin/<name>\""))
     }
 }
 
@@ -806,7 +848,7 @@ pub fn server_config(
         return Err(PkiError::IncompleteChain { found: chain.len() });
     }
     match identity_of(chain[0].as_ref())? {
-        Identity::Node(_) => {}
+        Identity::Node(_) | Identity::Agent(_) => {}
         other => {
             return Err(PkiError::WrongIdentityKind {
                 expected: "a node identity for a server certificate",

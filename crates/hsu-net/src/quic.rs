@@ -94,6 +94,8 @@ const STATUS_PROTOCOL: u8 = 3;
 /// Application close codes for connections.
 const CLOSE_SHUTDOWN: u32 = 0;
 const CLOSE_NO_PEER_CERT: u32 = 1;
+/// The server no longer admits the peer's certificate (revoked after the connection opened).
+const CLOSE_REVOKED: u32 = 2;
 
 /// Application error codes for streams (`STOP_SENDING` / `RESET_STREAM`).
 const STREAM_CANCELLED: u32 = 1;
@@ -135,6 +137,16 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<mpsc::Receiver<Vec<u8>>, String>> + Send {
         let _ = (peer, body);
         async move { Err(format!("streaming is not supported for method {method}")) }
+    }
+
+    /// Whether `peer` may still be served, asked before every request on a connection: a
+    /// connection outlives the handshake that checked its certificate, so a certificate revoked
+    /// since must be refused here. `Err(reason)` closes the connection as revoked, which the
+    /// caller sees as [`NetError::Revoked`] (and every later handshake fails the same way).
+    /// Default: every peer the handshake admitted.
+    fn admitted(&self, peer: &Peer) -> Result<(), String> {
+        let _ = peer;
+        Ok(())
     }
 }
 
@@ -229,6 +241,10 @@ pub enum NetError {
     /// A TLS handshake failed or a TLS config cannot be used.
     #[error("tls failure: {0}")]
     Tls(String),
+    /// The peer refused this endpoint's certificate as revoked (TLS alert `certificate_revoked`):
+    /// the cluster removed this node.
+    #[error("{addr} refused this node's certificate: it was revoked")]
+    Revoked { addr: SocketAddr },
     /// The UDP socket could not be bound.
     #[error("cannot bind udp socket on {addr}: {detail}")]
     Bind { addr: SocketAddr, detail: String },
@@ -260,6 +276,8 @@ struct Inner {
     accept_task: Mutex<Option<JoinHandle<()>>>,
     dialled: AtomicU64,
     accepted: Arc<AtomicU64>,
+    /// Requests in a row that peers refused because they revoked this endpoint's certificate.
+    revoked: watch::Sender<u32>,
 }
 
 impl Drop for Inner {
@@ -281,6 +299,48 @@ struct ServeCtx<H> {
     handshake_timeout: Duration,
     accepted: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
+    refusals: RefusalLog,
+}
+
+/// Rate-limited warnings about refused handshakes: a removed node that keeps retrying, or a
+/// scanner, must not fill the log. The first refusal from an IP address is logged, then at most
+/// one line per [`RefusalLog::PERIOD`] with the count of those not logged. Bounded in memory.
+#[derive(Default)]
+struct RefusalLog {
+    by_ip: Mutex<HashMap<std::net::IpAddr, (tokio::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    const PERIOD: Duration = Duration::from_secs(60);
+    const MAX_ADDRESSES: usize = 4096;
+
+    /// Returns `Some(suppressed)` when this refusal (at `now`) should be logged, with how many
+    /// were not logged since the last line for `ip`.
+    fn note(&self, ip: std::net::IpAddr, now: tokio::time::Instant) -> Option<u64> {
+        let mut map = lock(&self.by_ip);
+        if map.len() >= Self::MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (since, _)| now.duration_since(*since) < Self::PERIOD);
+            if map.len() >= Self::MAX_ADDRESSES {
+                map.clear();
+            }
+        }
+        match map.get_mut(&ip) {
+            Some((since, suppressed)) if now.duration_since(*since) < Self::PERIOD => {
+                *suppressed += 1;
+                None
+            }
+            Some((since, suppressed)) => {
+                let n = *suppressed;
+                *since = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                map.insert(ip, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl Endpoint {
@@ -305,6 +365,7 @@ impl Endpoint {
             handshake_timeout: cfg.connect_timeout,
             accepted: endpoint.inner.accepted.clone(),
             shutdown: endpoint.inner.shutdown.subscribe(),
+            refusals: RefusalLog::default(),
         });
         let span = info_span!("hsu_quic_accept", local = %endpoint.inner.local_addr);
         let task = tokio::spawn(accept_loop(quic, ctx).instrument(span));
@@ -358,6 +419,7 @@ impl Endpoint {
                 accept_task: Mutex::new(None),
                 dialled: AtomicU64::new(0),
                 accepted: Arc::new(AtomicU64::new(0)),
+                revoked: watch::channel(0).0,
             }),
         })
     }
@@ -373,6 +435,13 @@ impl Endpoint {
             dialled: self.inner.dialled.load(Ordering::Relaxed),
             accepted: self.inner.accepted.load(Ordering::Relaxed),
         }
+    }
+
+    /// How many requests in a row peers refused because they revoked this endpoint's certificate
+    /// ([`NetError::Revoked`]); a request that gets through resets it. A node watches it to
+    /// learn that the cluster removed it even when no peer will talk to it any more.
+    pub fn revocations(&self) -> watch::Receiver<u32> {
+        self.inner.revoked.subscribe()
     }
 
     /// Unary call. `server_name` is the TLS name the peer's certificate must carry (e.g.
@@ -510,6 +579,26 @@ impl Endpoint {
     /// connection turns out dead before the request was delivered (`resend_unacked`: also when
     /// it was written but not acknowledged, see the module docs).
     async fn request(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        kind: u8,
+        method: u16,
+        body: &[u8],
+        resend_unacked: bool,
+    ) -> Result<(Vec<u8>, RecvStream, Connection), NetError> {
+        let result = self.request_once_or_twice(addr, server_name, kind, method, body, resend_unacked).await;
+        match &result {
+            Ok(_) => {
+                self.inner.revoked.send_if_modified(|n| std::mem::take(n) != 0);
+            }
+            Err(NetError::Revoked { .. }) => self.inner.revoked.send_modify(|n| *n = n.saturating_add(1)),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn request_once_or_twice(
         &self,
         addr: SocketAddr,
         server_name: &str,
@@ -811,6 +900,7 @@ async fn accept_loop<H: Handler>(quic: quinn::Endpoint, ctx: Arc<ServeCtx<H>>) {
 
 async fn serve_connection<H: Handler>(incoming: quinn::Incoming, ctx: Arc<ServeCtx<H>>) {
     let mut shutdown = ctx.shutdown.clone();
+    let remote = incoming.remote_address();
     let handshake = tokio::time::timeout(ctx.handshake_timeout, incoming);
     let conn = tokio::select! {
         biased;
@@ -824,7 +914,14 @@ async fn serve_connection<H: Handler>(incoming: quinn::Incoming, ctx: Arc<ServeC
                 // Certificate trouble is worth an operator's attention; a peer giving up on
                 // a handshake is not.
                 if is_tls_failure(&e) {
-                    warn!(error = %e, "incoming tls handshake failed");
+                    match ctx.refusals.note(remote.ip(), tokio::time::Instant::now()) {
+                        Some(0) => warn!(%remote, error = %e, "incoming tls handshake failed"),
+                        Some(n) => warn!(
+                            %remote, error = %e,
+                            "incoming tls handshake failed ({n} more from this address in the last minute not logged)"
+                        ),
+                        None => debug!(%remote, error = %e, "incoming tls handshake failed"),
+                    }
                 } else {
                     debug!(error = %e, "incoming handshake failed");
                 }
@@ -850,6 +947,11 @@ async fn serve_connection<H: Handler>(incoming: quinn::Incoming, ctx: Arc<ServeC
             _ = signalled(&mut shutdown) => break,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    if let Err(reason) = ctx.handler.admitted(&peer) {
+                        debug!(%reason, "peer no longer admitted; closing its connection");
+                        conn.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+                        break;
+                    }
                     let span = debug_span!("hsu_quic_stream", stream = %send.id());
                     streams.spawn(
                         serve_stream(ctx.clone(), peer.clone(), send, recv).instrument(span),
@@ -1106,13 +1208,24 @@ fn is_tls_failure(e: &ConnectionError) -> bool {
     }
 }
 
+/// The QUIC error code of TLS alert `certificate_revoked` (RFC 8446 alert 44, carried as
+/// 0x100 + alert by RFC 9001).
+const CERTIFICATE_REVOKED: u64 = 0x100 + 44;
+
 fn connection_error(addr: SocketAddr, e: &ConnectionError) -> NetError {
     match e {
+        ConnectionError::TransportError(te) if u64::from(te.code) == CERTIFICATE_REVOKED => NetError::Revoked { addr },
+        ConnectionError::ConnectionClosed(close) if u64::from(close.error_code) == CERTIFICATE_REVOKED => {
+            NetError::Revoked { addr }
+        }
         ConnectionError::TransportError(te) if is_crypto(te.code) => {
             NetError::Tls(format!("tls handshake with {addr} failed: {te}"))
         }
         ConnectionError::ConnectionClosed(close) if is_crypto(close.error_code) => {
             NetError::Tls(format!("{addr} rejected the tls handshake: {close}"))
+        }
+        ConnectionError::ApplicationClosed(close) if close.error_code == VarInt::from_u32(CLOSE_REVOKED) => {
+            NetError::Revoked { addr }
         }
         ConnectionError::ApplicationClosed(close) if close.error_code == VarInt::from_u32(CLOSE_NO_PEER_CERT) => {
             NetError::Tls(format!("{addr} requires a client certificate: {close}"))

@@ -64,9 +64,20 @@ enum Reply<T, E> {
     BadRequest(String),
 }
 
-/// Handles one encoded RPC on the receiving member and returns the encoded reply.
-pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8]) -> Vec<u8> {
-    async fn run<Req, T, E, F>(body: &[u8], f: impl FnOnce(Req) -> F) -> Vec<u8>
+/// Handles one encoded RPC on the receiving member and returns the encoded reply. `from` is the
+/// sender as the transport authenticated it (the certificate's node id over QUIC). The message
+/// must say it is from that node (the vote in every Raft RPC names its sender), and the sender
+/// must be a voter of this member's membership: only a voter campaigns or leads. A member that
+/// has no membership yet (a node being added, before its first entries) cannot tell, and takes
+/// whoever speaks; the transport must have refused non-servers already.
+pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8], from: NodeId) -> Vec<u8> {
+    async fn run<Req, T, E, F>(
+        raft: &Raft,
+        body: &[u8],
+        from: NodeId,
+        sender: impl FnOnce(&Req) -> Option<NodeId>,
+        f: impl FnOnce(Req) -> F,
+    ) -> Vec<u8>
     where
         Req: DeserializeOwned,
         T: Serialize,
@@ -74,7 +85,10 @@ pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8]) -> Vec<u8> {
         F: Future<Output = Result<T, E>>,
     {
         let reply: Reply<T, E> = match decode_record::<Req>(body) {
-            Ok(req) => Reply::Done(f(req).await),
+            Ok(req) => match check_sender(raft, sender(&req), from) {
+                Ok(()) => Reply::Done(f(req).await),
+                Err(msg) => Reply::BadRequest(msg),
+            },
             Err(e) => Reply::BadRequest(e.to_string()),
         };
         encode_record(&reply).unwrap_or_else(|e| {
@@ -82,10 +96,36 @@ pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8]) -> Vec<u8> {
         })
     }
     match kind {
-        RpcKind::AppendEntries => run(body, |r: AppendEntriesRequest<TypeConfig>| raft.append_entries(r)).await,
-        RpcKind::Vote => run(body, |r: VoteRequest<NodeId>| raft.vote(r)).await,
-        RpcKind::InstallSnapshot => run(body, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await,
+        RpcKind::AppendEntries => {
+            let sender = |r: &AppendEntriesRequest<TypeConfig>| r.vote.leader_id().voted_for();
+            run(raft, body, from, sender, |r| raft.append_entries(r)).await
+        }
+        RpcKind::Vote => {
+            let sender = |r: &VoteRequest<NodeId>| r.vote.leader_id().voted_for();
+            run(raft, body, from, sender, |r| raft.vote(r)).await
+        }
+        RpcKind::InstallSnapshot => {
+            let sender = |r: &InstallSnapshotRequest<TypeConfig>| r.vote.leader_id().voted_for();
+            run(raft, body, from, sender, |r| raft.install_snapshot(r)).await
+        }
     }
+}
+
+/// Why a Raft RPC that claims to come from `claimed` and was delivered by `from` is refused.
+fn check_sender(raft: &Raft, claimed: Option<NodeId>, from: NodeId) -> Result<(), String> {
+    if claimed != Some(from) {
+        let claimed = claimed.map_or("no node".to_string(), |c| format!("node {c}"));
+        return Err(format!("the message says it is from {claimed}, but it was sent by node {from}"));
+    }
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let knows_members = membership.nodes().next().is_some();
+    if knows_members && !membership.voter_ids().any(|v| v == from) {
+        let role = if membership.get_node(&from).is_some() { "a learner" } else { "not a member" };
+        return Err(format!("node {from} is {role} of this member's membership; only voters send raft messages"));
+    }
+    Ok(())
 }
 
 /// openraft's network factory over any [`RaftTransport`].

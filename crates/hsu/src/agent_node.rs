@@ -6,10 +6,15 @@
 //! that server. It only ever sees what concerns it. Its units outlive it; when it starts again
 //! while no server can be reached (a reboot while cut off) it starts the units of its own
 //! records, then follows the servers once one answers.
+//!
+//! Its certificate says it is agent-only (`hsu://agent/<id>`), so servers grant it only what
+//! `crate::authz` allows an agent. Having no store, it learns which certificates are revoked
+//! from the same stream and refuses them on its own endpoint.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hsu_agent::agent::{Agent, OnExit};
@@ -27,16 +32,20 @@ use crate::datadir::{DataDir, NodeState, Pki};
 use crate::error::NodeError;
 use crate::logs::LogAsk;
 use crate::node::{Node, Tuning};
-use crate::peer::{call_peer, node_server_name, parse_addr, PeerReply, PeerRequest, METHOD_LOGS, METHOD_WATCH};
+use crate::peer::{
+    call_peer, node_server_name, parse_addr, PeerError, PeerReply, PeerRequest, METHOD_LOGS, METHOD_WATCH,
+};
+use crate::removal::{Departure, Removal};
 use crate::units::{apply_and_publish, reporter, Me, Sender, Views};
 
-/// What a server sends an agent-only node: its instances at a store revision, and where the
-/// servers are.
+/// What a server sends an agent-only node: its instances at a store revision, where the
+/// servers are (voters first), and which nodes' certificates are revoked.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstancesUpdate {
     pub revision: u64,
     pub instances: Vec<InstanceRecord>,
     pub servers: Vec<(NodeId, String)>,
+    pub revoked: Vec<NodeId>,
 }
 
 /// How often a server sends the list again even when nothing changed.
@@ -54,9 +63,13 @@ impl Node {
                 let instances = r.kvs.iter().filter_map(|kv| decode_record::<InstanceRecord>(&kv.value).ok()).collect();
                 let servers = {
                     let m = node.store().raft().metrics().borrow().membership_config.clone();
-                    m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+                    let membership = m.membership();
+                    crate::node::voters_first(membership.nodes().map(|(id, n)| (*id, n.addr.clone())), |id| {
+                        membership.voter_ids().any(|v| v == id)
+                    })
                 };
-                let update = InstancesUpdate { revision: r.revision, instances, servers };
+                let revoked = node.revoked_ids();
+                let update = InstancesUpdate { revision: r.revision, instances, servers, revoked };
                 let Ok(bytes) = encode_record(&update) else { return };
                 if tx.send(bytes).await.is_err() {
                     return;
@@ -98,9 +111,15 @@ pub(crate) fn serve_log(agent_dir: &std::path::Path, ask: LogAsk) -> Result<mpsc
     Ok(rx)
 }
 
-/// Serves the agent-only node's own endpoint: the servers ask it for unit logs.
+/// Node ids whose certificates the cluster revoked, as servers last told this node; kept in the
+/// data directory so that a restart while cut off still refuses them.
+type Revoked = Arc<RwLock<BTreeSet<NodeId>>>;
+
+/// Serves the agent-only node's own endpoint: servers ask it for unit logs; nobody else may
+/// ask anything.
 struct AgentHandler {
     agent_dir: PathBuf,
+    revoked: Revoked,
 }
 
 impl Handler for AgentHandler {
@@ -108,10 +127,21 @@ impl Handler for AgentHandler {
         Err(format!("an agent-only node serves no method {method}"))
     }
 
+    fn admitted(&self, peer: &Peer) -> Result<(), String> {
+        let identity = identity_of(&peer.cert_der).map_err(|e| e.to_string())?;
+        match identity.node_id() {
+            Some(id) if self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&id) => {
+                Err(format!("node {id}'s certificate was revoked"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn stream(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+        // Only servers (which ask on behalf of `hsu logs`); another agent-only node asks nothing.
         match identity_of(&peer.cert_der) {
             Ok(Identity::Node(_)) => {}
-            Ok(other) => return Err(format!("{other} may not call a node")),
+            Ok(other) => return Err(format!("{other} may not ask an agent-only node for anything")),
             Err(e) => return Err(e.to_string()),
         }
         match method {
@@ -130,6 +160,10 @@ struct Inner {
     /// directory for the next start.
     servers: Mutex<Vec<(NodeId, String)>>,
     servers_file: PathBuf,
+    revoked: Revoked,
+    revoked_file: PathBuf,
+    dir: PathBuf,
+    removal: Removal,
 }
 
 /// A running agent-only node.
@@ -145,13 +179,22 @@ impl AgentNode {
             .first()
             .map(|c| c.to_vec())
             .ok_or_else(|| NodeError::Config("pki/ca.crt holds no certificate".into()))?;
-        // No store here, hence no revocation list: a removed node's certificate still completes
-        // a handshake with this node, but the servers refuse it everywhere that matters.
-        let verifier = RevocationAwareVerifier::new(ca_der, Arc::new(|_: &Identity| false))?;
+        // No store here: the revocation list comes with the instance stream.
+        let revoked_file = dir.root().join("revoked.json");
+        let known: BTreeSet<NodeId> =
+            std::fs::read(&revoked_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let revoked: Revoked = Arc::new(RwLock::new(known));
+        let is_revoked = {
+            let revoked = revoked.clone();
+            Arc::new(move |identity: &Identity| {
+                identity.node_id().is_some_and(|id| revoked.read().unwrap_or_else(|p| p.into_inner()).contains(&id))
+            })
+        };
+        let verifier = RevocationAwareVerifier::new(ca_der, is_revoked)?;
         let server_tls = pki::server_config(&pki.node, verifier, &[ALPN])?;
         let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
         let agent_dir = dir.agent_dir();
-        let handler = Arc::new(AgentHandler { agent_dir: agent_dir.clone() });
+        let handler = Arc::new(AgentHandler { agent_dir: agent_dir.clone(), revoked: revoked.clone() });
         let endpoint = Endpoint::bind(state.listen, server_tls, client_tls, handler, EndpointConfig::default())?;
         let servers_file = dir.root().join("servers.json");
         let servers: Vec<(NodeId, String)> =
@@ -164,6 +207,10 @@ impl AgentNode {
                 units: Mutex::new(None),
                 servers: Mutex::new(servers),
                 servers_file,
+                revoked,
+                revoked_file,
+                dir: dir.root().to_path_buf(),
+                removal: Removal::default(),
             }),
         };
         let agent = Agent::open(&agent_dir).map_err(NodeError::Config)?;
@@ -179,7 +226,55 @@ impl AgentNode {
             Box::pin(async move { node.report(report).await })
         });
         tokio::spawn(reporter(me, views, seen, node.inner.stop.subscribe(), send));
+        tokio::spawn(node.clone().notice_removal());
         Ok(node)
+    }
+
+    /// Why this node stopped being part of the cluster, once it did.
+    pub fn departure(&self) -> Option<Departure> {
+        self.inner.removal.get()
+    }
+
+    /// The servers refuse this node's certificate as revoked, again and again: the cluster
+    /// removed it (a node that left marked its data directory first).
+    async fn notice_removal(self) {
+        let mut refused = self.inner.endpoint.revocations();
+        tokio::select! {
+            r = refused.wait_for(|n| *n >= crate::removal::REFUSALS_IN_A_ROW) => if r.is_err() { return },
+            () = self.stopped() => return,
+        }
+        let departure = crate::removal::marked(&self.inner.dir)
+            .unwrap_or_else(|| Departure::Removed("the servers refuse its certificate as revoked".into()));
+        self.depart(departure);
+    }
+
+    fn depart(&self, departure: Departure) {
+        if !self.inner.removal.set(departure.clone()) {
+            return;
+        }
+        match &departure {
+            Departure::Removed(reason) => tracing::error!(
+                "this agent-only node (id {}) was removed from the cluster: {reason}; stopping its units and exiting",
+                self.id()
+            ),
+            Departure::Left => info!("this agent-only node left the cluster; stopping its units"),
+        }
+        crate::removal::mark(&self.inner.dir, &departure);
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Keeps the servers' revocation list (and a copy in the data directory).
+    fn set_revoked(&self, ids: Vec<NodeId>) {
+        let ids: BTreeSet<NodeId> = ids.into_iter().collect();
+        let mut known = self.inner.revoked.write().unwrap_or_else(|p| p.into_inner());
+        if *known != ids {
+            if let Ok(text) = serde_json::to_vec(&ids) {
+                if let Err(e) = std::fs::write(&self.inner.revoked_file, text) {
+                    warn!("cannot keep the revocation list in {}: {e}", self.inner.revoked_file.display());
+                }
+            }
+            *known = ids;
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -225,30 +320,28 @@ impl AgentNode {
 
     /// Sends a report to the first server that takes it (servers pass it on to the leader).
     async fn report(&self, report: hsu_model::state::NodeReport) -> Result<(), String> {
-        let req = PeerRequest::Report(Box::new(report));
-        let mut last = "no server known yet".to_string();
-        for (id, addr) in self.servers() {
-            match call_peer(&self.inner.endpoint, id, &addr, &req, Duration::from_secs(3)).await {
-                Ok(PeerReply::Done) => return Ok(()),
-                Ok(other) => last = format!("server {id}: unexpected reply {other:?}"),
-                Err(e) => last = format!("server {id}: {e:?}"),
-            }
-        }
-        Err(last)
+        to_any_server(&self.inner.endpoint, &self.servers(), &PeerRequest::Report(Box::new(report))).await
     }
 
     async fn applier(self, mut agent: Agent, views: Views, seen: Arc<AtomicU64>, on_exit: OnExit) {
+        self.follow_servers(&mut agent, &views, &seen).await;
+        // Departed: the cluster placed the instances elsewhere; nobody would supervise these.
+        let on_exit = if self.departure().is_some() { OnExit::Stop } else { on_exit };
+        agent.shutdown(on_exit).await;
+    }
+
+    async fn follow_servers(&self, agent: &mut Agent, views: &Views, seen: &AtomicU64) {
         // What the agent recorded runs at once, before any server answers.
         let mut current: Vec<UnitSpec> = agent.recorded_specs();
         current.sort_by(|a, b| a.name.cmp(&b.name));
-        apply_and_publish(&mut agent, &current, &views).await;
+        apply_and_publish(agent, &current, views).await;
         let mut stop = self.inner.stop.subscribe();
         let mut turn = 0usize;
         loop {
             let servers = self.servers();
             if let Some((id, addr)) = servers.get(turn % servers.len().max(1)).cloned() {
                 turn += 1;
-                match self.follow(id, &addr, &mut agent, &views, &seen, &mut current, &mut stop).await {
+                match self.follow(id, &addr, agent, views, seen, &mut current, &mut stop).await {
                     Ok(()) => break,
                     Err(e) => debug!(server = id, "instance stream: {e}"),
                 }
@@ -258,7 +351,6 @@ impl AgentNode {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        agent.shutdown(on_exit).await;
     }
 
     /// Follows one server's stream of this node's instances; Ok when the node stops.
@@ -300,10 +392,47 @@ impl AgentNode {
                 *current = want;
             }
             seen.store(update.revision, Ordering::Release);
+            self.set_revoked(update.revoked);
             // The server that answered goes first next time.
             let mut servers = update.servers.clone();
             servers.sort_by_key(|(s, _)| *s != id);
             self.set_servers(servers);
         }
     }
+}
+
+/// Sends `req` to the first of `servers` that takes it (each passes it on to the leader); the
+/// error says how the last one refused.
+async fn to_any_server(endpoint: &Endpoint, servers: &[(NodeId, String)], req: &PeerRequest) -> Result<(), String> {
+    let mut last = "no server known yet".to_string();
+    for (id, addr) in servers {
+        match call_peer(endpoint, *id, addr, req, Duration::from_secs(3)).await {
+            Ok(PeerReply::Done) => return Ok(()),
+            Ok(other) => last = format!("server {id}: unexpected reply {other:?}"),
+            Err(crate::peer::PeerCallError::Remote(PeerError::Denied(why))) => last = format!("server {id}: {why}"),
+            Err(e) => last = format!("server {id}: {e:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// `hsu node leave` for the agent-only node of data directory `dir`: asks a server, with the
+/// node's own certificate, to mark it removed, and marks the data directory. The running node
+/// (if any) is then refused by the servers and stops, with its units.
+pub async fn leave(dir: &DataDir) -> Result<NodeId, NodeError> {
+    let state = dir.load_state()?;
+    let pki = dir.load_pki()?;
+    let servers: Vec<(NodeId, String)> = std::fs::read(dir.root().join("servers.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
+    let endpoint =
+        Endpoint::client_on((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), client_tls, EndpointConfig::default())?;
+    let req = PeerRequest::RemoveMember { id: state.id, revoke: false };
+    let sent = to_any_server(&endpoint, &servers, &req).await;
+    endpoint.shutdown().await;
+    sent.map_err(|e| NodeError::Api(format!("no server took the leave: {e}")))?;
+    crate::removal::mark(dir.root(), &Departure::Left);
+    Ok(state.id)
 }

@@ -102,7 +102,7 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
     let txn = Txn {
         success: vec![
             put(records::CLUSTER, records::encode(&ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })),
-            put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string(), key_pem: ca.key_pem() })),
+            put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string() })),
             put(&records::node_key(1), records::encode(&record)),
             put(records::NEXT_NODE_ID, records::encode(&2u64)),
         ],
@@ -151,7 +151,7 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
     if opts.role == pb::Role::Agent {
         return Err(NodeError::Config("an agent-only node starts with `join_agent`".into()));
     }
-    let (dir, state, pki) = enroll(&opts, false, &progress).await?;
+    let (dir, state, pki, _) = enroll(&opts, false, &progress).await?;
     // 3. Start, then ask the leader to add this node to Raft, as itself.
     let node = Node::start(&dir, state, pki.clone(), opts.tuning).await?;
     add_self(&opts.server, &pki, opts.role, opts.voters, &node, &progress).await?;
@@ -159,10 +159,9 @@ pub async fn join(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Node, No
 }
 
 /// Enrolls this machine as an agent-only node (no CA key, not in Raft) and starts it: it learns
-/// the servers' node-to-node addresses from the one it joined through.
+/// the servers' node-to-node addresses from its enrollment.
 pub async fn join_agent(opts: JoinOptions, progress: impl Fn(&str)) -> Result<AgentNode, NodeError> {
-    let (dir, state, pki) = enroll(&opts, true, &progress).await?;
-    let servers = servers_of(&opts.server, &pki).await?;
+    let (dir, state, pki, servers) = enroll(&opts, true, &progress).await?;
     progress(&format!(
         "{} servers: {}",
         servers.len(),
@@ -173,27 +172,13 @@ pub async fn join_agent(opts: JoinOptions, progress: impl Fn(&str)) -> Result<Ag
     Ok(node)
 }
 
-/// The members' node-to-node addresses, asked of `server`'s API with this node's certificate.
-async fn servers_of(server: &str, pki: &Pki) -> Result<Vec<(NodeId, String)>, NodeError> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .identity(Identity::from_pem(&pki.node.cert_pem, &pki.node.key_pem))
-        .domain_name(API_SERVER_NAME);
-    let mut cluster = pb::cluster_client::ClusterClient::new(channel(server, tls).await?);
-    let status = cluster
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(|s| NodeError::Join(format!("asking {server} for the servers: {}", s.message())))?
-        .into_inner();
-    Ok(status.members.into_iter().map(|m| (m.id, m.address)).collect())
-}
-
 /// Checks the CA, enrolls with the token and a CSR, and saves the node's data directory.
+/// Returns it with the servers' node-to-node addresses.
 async fn enroll(
     opts: &JoinOptions,
     agent_only: bool,
     progress: &impl Fn(&str),
-) -> Result<(DataDir, NodeState, Pki), NodeError> {
+) -> Result<(DataDir, NodeState, Pki, Vec<(NodeId, String)>), NodeError> {
     let name = opts.name.clone().unwrap_or_else(default_name);
     validate_name(&name).map_err(NodeError::Config)?;
     validate_voters(opts.voters)?;
@@ -233,11 +218,22 @@ async fn enroll(
     }
     // Saved before anything else happens: an interrupted join then resumes with `hsu node run`.
     dir.create()?;
+    // No CA key: a node that becomes a voter fetches it from another voter.
     let pki = Pki {
         ca_pem: grant.ca_pem.clone(),
         node: CertifiedKey { cert_pem: grant.cert_pem, key_pem },
-        ca_key_pem: (!grant.ca_key_pem.is_empty()).then_some(grant.ca_key_pem),
+        ca_key_pem: None,
     };
+    let servers = grant
+        .servers
+        .iter()
+        .map(|s| {
+            let (id, addr) =
+                s.split_once('=').ok_or_else(|| NodeError::Join(format!("server entry {s:?} is not ID=ADDRESS")))?;
+            let id = id.parse().map_err(|_| NodeError::Join(format!("server entry {s:?}: {id:?} is not a node id")))?;
+            Ok((id, addr.to_string()))
+        })
+        .collect::<Result<Vec<_>, NodeError>>()?;
     dir.save_pki(&pki)?;
     let state = NodeState {
         id: grant.node_id,
@@ -251,7 +247,7 @@ async fn enroll(
     dir.save_state(&state)?;
     progress(&format!("enrolled as node {} ({}) in cluster {:?}", state.id, state.name, state.cluster_name));
 
-    Ok((dir, state, pki))
+    Ok((dir, state, pki, servers))
 }
 
 /// True when the data directory holds an agent-only node.
@@ -263,6 +259,7 @@ pub fn is_agent_only(data_dir: &std::path::Path) -> Result<bool, NodeError> {
 /// Restarts the agent-only node of an existing data directory (`--listen` moves it).
 pub async fn run_agent(data_dir: PathBuf, listen: Option<SocketAddr>, tuning: Tuning) -> Result<AgentNode, NodeError> {
     let dir = DataDir::new(&data_dir);
+    crate::removal::refuse_if_departed(dir.root())?;
     let mut state = dir.load_state()?;
     if let Some(l) = listen {
         state.listen = l;
@@ -294,6 +291,11 @@ async fn add_self(
         match stream.message().await {
             Ok(Some(p)) if !p.role.is_empty() => {
                 progress(&format!("{} (applied {} entries)", p.step, node.store().applied_index()));
+                if p.role == "voter" {
+                    // Only voters hold the CA key; it signs the certificates of later nodes.
+                    node.fetch_ca_key().await?;
+                    progress("received the CA key from another voter");
+                }
                 return Ok(());
             }
             Ok(Some(p)) if p.step == "catching up" => progress(&format!(
@@ -323,6 +325,7 @@ pub async fn run(
             data_dir.display()
         )));
     }
+    crate::removal::refuse_if_departed(dir.root())?;
     let mut state = dir.load_state()?;
     let mut moved = false;
     if let Some(l) = listen.filter(|l| *l != state.listen) {

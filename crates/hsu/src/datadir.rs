@@ -38,7 +38,8 @@ pub struct JoinedVia {
 pub struct Pki {
     pub ca_pem: String,
     pub node: CertifiedKey,
-    /// Present on servers.
+    /// Present on voters only: the first node has it from `init`, a node that becomes a voter
+    /// fetches it from another voter.
     pub ca_key_pem: Option<String>,
 }
 
@@ -78,6 +79,11 @@ impl DataDir {
 
     fn pki_dir(&self) -> PathBuf {
         self.root.join("pki")
+    }
+
+    /// The CA private key, on voters only (0600).
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.pki_dir().join("ca.key")
     }
 
     /// True when a node has been created here before.

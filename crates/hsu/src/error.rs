@@ -22,6 +22,9 @@ pub enum NodeError {
     Api(String),
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    /// The node left or was removed from the cluster; it does not start again.
+    #[error("{0}")]
+    Departed(String),
 }
 
 /// The gRPC status for a store error: what the client can act on gets a specific code.
@@ -61,6 +64,7 @@ impl From<crate::peer::PeerError> for tonic::Status {
             PeerError::Denied(m) => tonic::Status::permission_denied(m),
             PeerError::Invalid(m) => tonic::Status::invalid_argument(m),
             PeerError::NotFound(m) => tonic::Status::not_found(format!("{m} not found")),
+            PeerError::WrongNode(m) => tonic::Status::failed_precondition(m),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod agent_node;
 pub mod api;
+pub mod authz;
 pub mod bootstrap;
 pub mod client;
 pub mod datadir;
@@ -13,6 +14,7 @@ pub mod logs;
 pub mod node;
 pub mod peer;
 pub mod records;
+pub mod removal;
 mod units;
 
 pub use error::NodeError;

@@ -22,13 +22,15 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::authz::{self, Ask, Caller, Role};
 use crate::datadir::{DataDir, NodeState, Pki};
 use crate::error::NodeError;
 use crate::peer::{
-    call_peer, HealthView, JoinGrant, JoinGrantBox, JoinTicket, LastContact, PeerCallError, PeerError, PeerHandler,
-    PeerReply, PeerRequest, QuicRaftTransport, RoleWish,
+    call_peer, CaKey, HealthView, JoinGrant, JoinTicket, LastContact, PeerCallError, PeerError, PeerHandler, PeerReply,
+    PeerRequest, QuicRaftTransport, RoleWish,
 };
-use crate::records::{self, ApiRole, CaRecord, NodeRecord, TokenEntry, TokenKind};
+use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
+use crate::removal::{Departure, Removal};
 
 /// Timings and options of a node; the defaults suit a LAN.
 #[derive(Clone, Debug)]
@@ -91,6 +93,14 @@ pub struct ClusterStatus {
 struct Inner {
     state: NodeState,
     pki: Pki,
+    /// The CA private key, on voters only: loaded from `pki/ca.key`, or fetched from another
+    /// voter once this node is one. It is in no record of the store, so no read, watch or
+    /// snapshot can hand it to anybody.
+    ca_key: std::sync::Mutex<Option<String>>,
+    /// The data directory, where the CA key and the removal marker are kept.
+    dir: std::path::PathBuf,
+    /// Set when this node left or was removed from the cluster.
+    removal: Removal,
     ca_fingerprint: [u8; 32],
     store: Store,
     endpoint: Endpoint,
@@ -153,6 +163,9 @@ impl Node {
             inner: Arc::new(Inner {
                 ca_fingerprint: sha256(&ca_der),
                 state,
+                ca_key: std::sync::Mutex::new(pki.ca_key_pem.clone()),
+                dir: dir.root().to_path_buf(),
+                removal: Removal::default(),
                 pki,
                 store,
                 endpoint,
@@ -182,7 +195,44 @@ impl Node {
         let units = crate::units::spawn(node.clone(), dir.agent_dir(), node.inner.tuning.labels.clone(), on_exit)
             .map_err(NodeError::Config)?;
         *node.inner.units.lock().unwrap_or_else(|p| p.into_inner()) = Some(units);
+        tokio::spawn(node.clone().keep_ca_key());
+        tokio::spawn(node.clone().notice_removal());
         Ok(node)
+    }
+
+    /// Why this node stopped being part of the cluster, once it did.
+    pub fn departure(&self) -> Option<Departure> {
+        self.inner.removal.get()
+    }
+
+    /// The role node `identity` has as this node sees it: agent-only by its certificate (or, for
+    /// certificates from before agent-only nodes had their own kind, by its record), else by
+    /// its place in this node's Raft membership.
+    pub(crate) fn role_of(&self, identity: &Identity) -> Role {
+        let id = match identity {
+            Identity::Agent(_) => return Role::Agent,
+            Identity::Node(id) => *id,
+            Identity::Admin(_) => return Role::Agent,
+        };
+        let kv = self.store().range_local(&KeyRange::Key(records::node_key(id).into_bytes()), 1).kvs.into_iter().next();
+        if kv.and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok()).is_some_and(|r| r.agent_only) {
+            return Role::Agent;
+        }
+        let m = self.store().raft().metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            Role::Voter
+        } else if membership.get_node(&id).is_some() {
+            Role::Learner
+        } else {
+            Role::Joining
+        }
+    }
+
+    /// This node's own role, as its own membership says.
+    fn own_role(&self) -> Role {
+        self.role_of(&Identity::Node(self.id()))
     }
 
     pub fn id(&self) -> NodeId {
@@ -233,6 +283,12 @@ impl Node {
     /// serves no more.
     pub fn is_revoked(&self, id: NodeId) -> bool {
         !self.store().range_local(&KeyRange::Key(records::revoked_key(id).into_bytes()), 1).kvs.is_empty()
+    }
+
+    /// The nodes whose certificates were revoked, in this node's copy of the store.
+    pub(crate) fn revoked_ids(&self) -> Vec<NodeId> {
+        let r = self.store().range_local(&KeyRange::Prefix(records::REVOKED.as_bytes().to_vec()), 0);
+        r.kvs.iter().filter_map(|kv| records::revoked_id(&kv.key)).collect()
     }
 
     /// Checks that `cert_der` is the certificate node `id` was enrolled with, and that the node is
@@ -319,6 +375,10 @@ impl Node {
     /// Runs `req` on the leader: here when this node leads, else over QUIC. Retries while there
     /// is no leader or the leader moved, until the request timeout.
     pub async fn leader_call(&self, req: PeerRequest) -> Result<PeerReply, PeerError> {
+        // What the leader would refuse from this node is refused here, saying where to go.
+        if let Err(refusal) = authz::allowed(Caller { id: self.id(), role: self.own_role() }, &Ask::Peer(&req)) {
+            return Err(PeerError::WrongNode(format!("{refusal}; {}", self.voter_hint())));
+        }
         let timeout = match req {
             PeerRequest::AddMember { .. } => self.inner.tuning.membership_timeout,
             _ => self.inner.tuning.request_timeout,
@@ -417,25 +477,24 @@ impl Node {
             PeerRequest::KeepAlive(id) => {
                 Ok(PeerReply::Ttl(self.store().lease_keep_alive(id).await?.as_millis() as u64))
             }
-            PeerRequest::Join(ticket) => Ok(PeerReply::Joined(JoinGrantBox(self.join_as_leader(ticket).await?))),
+            PeerRequest::Join(ticket) => Ok(PeerReply::Joined(self.join_as_leader(ticket).await?)),
+            PeerRequest::FetchCaKey => {
+                let key = self
+                    .ca_key_local()
+                    .ok_or_else(|| PeerError::NotFound(format!("the CA key on node {}", self.id())))?;
+                Ok(PeerReply::CaKey(CaKey(key)))
+            }
             PeerRequest::AddMember { id, role, target_voters } => {
                 Ok(PeerReply::Role(self.add_member_as_leader(id, role, target_voters).await?))
             }
             PeerRequest::RemoveMember { id, revoke } => {
-                self.remove_member_as_leader(id, revoke).await?;
+                // Boxed: removing reads and writes the node record through `leader_call`, which
+                // comes back here.
+                Box::pin(self.remove_member_as_leader(id, revoke)).await?;
                 Ok(PeerReply::Done)
             }
             PeerRequest::UpdateAddress { id, member } => {
-                self.must_lead()?;
-                let _one_at_a_time = self.inner.membership.lock().await;
-                let timeout = self.inner.tuning.request_timeout;
-                tokio::time::timeout(timeout, self.store().set_member(id, member.clone()))
-                    .await
-                    .map_err(|_| Error::Timeout(timeout))??;
-                if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
-                    rec.address = member.addr;
-                    self.put_record(&records::node_key(id), &rec).await?;
-                }
+                Box::pin(self.update_address_as_leader(id, member.addr)).await?;
                 Ok(PeerReply::Done)
             }
             PeerRequest::Health => Ok(PeerReply::Health(self.health_as_leader()?)),
@@ -535,19 +594,37 @@ impl Node {
         Ok((token, entry))
     }
 
+    /// Marks a token revoked. A join that uses the token at the same moment changes its record
+    /// too; the write compares on the record's revision, and a lost race is read and tried again.
     pub async fn revoke_token(&self, id: &str) -> Result<(), PeerError> {
         let key = records::token_key(id);
-        let kv = self
-            .range(KeyRange::Key(key.clone().into_bytes()), 1, Consistency::Linearizable)
-            .await?
-            .kvs
-            .into_iter()
-            .next()
-            .ok_or_else(|| PeerError::NotFound(format!("token {id:?}")))?;
-        let mut entry: TokenEntry = records::decode(&kv.key, &kv.value)?;
-        entry.record.revoked = true;
-        self.propose(put_if_unchanged(&key, kv.mod_revision, records::encode(&entry))).await?;
-        Ok(())
+        self.update_record(&key, &format!("token {id:?}"), |entry: &mut TokenEntry| entry.record.revoked = true).await
+    }
+
+    /// Reads the record at `key` linearizably, changes it with `change` and writes it back with a
+    /// compare on the revision it was read at, again until no other writer came between. `what`
+    /// names it in a not-found error.
+    async fn update_record<T>(&self, key: &str, what: &str, change: impl Fn(&mut T)) -> Result<(), PeerError>
+    where
+        T: DeserializeOwned + serde::Serialize,
+    {
+        for _attempt in 0..20 {
+            let kv = self
+                .range(KeyRange::Key(key.as_bytes().to_vec()), 1, Consistency::Linearizable)
+                .await?
+                .kvs
+                .into_iter()
+                .next()
+                .ok_or_else(|| PeerError::NotFound(what.to_string()))?;
+            let mut record: T = records::decode(&kv.key, &kv.value)?;
+            change(&mut record);
+            match self.propose(put_if_unchanged(key, kv.mod_revision, records::encode(&record))).await? {
+                Response::Txn(t) if t.succeeded => return Ok(()),
+                Response::Txn(_) => continue,
+                other => return Err(unexpected(PeerReply::Response(other))),
+            }
+        }
+        Err(Error::Unavailable(format!("{what} kept changing while it was being updated; try again")).into())
     }
 
     /// Checks a bearer API token against this node's copy of the token records.
@@ -573,12 +650,7 @@ impl Node {
             return Err(PeerError::Denied("the token was made for another cluster (its CA hash differs)".into()));
         }
         validate_name(&ticket.name).map_err(PeerError::Invalid)?;
-        let ca: CaRecord = self
-            .get_record(records::CA)
-            .await?
-            .ok_or_else(|| PeerError::Store(Error::Fatal("the cluster CA is missing from the store".into())))?;
-        let ca = ClusterCa::from_pem(&ca.cert_pem, &ca.key_pem)
-            .map_err(|e| PeerError::Store(Error::Fatal(e.to_string())))?;
+        let ca = self.cluster_ca().await?;
         let cluster: records::ClusterInfo = self
             .get_record(records::CLUSTER)
             .await?
@@ -600,8 +672,10 @@ impl Node {
             let next = self.store().get(records::NEXT_NODE_ID, Consistency::Linearizable).await?;
             let next = next.ok_or_else(|| PeerError::Store(Error::Fatal("node id counter is missing".into())))?;
             let id: NodeId = records::decode(&next.key, &next.value)?;
-            let cert_pem =
-                ca.sign_node_csr(&ticket.csr_pem, id, 365).map_err(|e| PeerError::Invalid(format!("csr: {e}")))?;
+            let identity = if ticket.agent_only { Identity::Agent(id) } else { Identity::Node(id) };
+            let cert_pem = ca
+                .sign_node_csr(&ticket.csr_pem, &identity, 365)
+                .map_err(|e| PeerError::Invalid(format!("csr: {e}")))?;
             let cert_sha256 = records::leaf_fingerprint(&cert_pem)
                 .ok_or_else(|| PeerError::Store(Error::Fatal("the signed certificate does not parse".into())))?;
             let record = NodeRecord {
@@ -628,14 +702,21 @@ impl Node {
                 failure: vec![],
             };
             if self.store().txn(txn).await?.succeeded {
-                tracing::info!(node = id, name = %ticket.name, "node enrolled");
+                tracing::info!(node = id, name = %ticket.name, agent_only = ticket.agent_only, "node enrolled");
+                let servers = {
+                    let m = self.store().raft().metrics();
+                    let m = m.borrow();
+                    let membership = m.membership_config.membership();
+                    voters_first(membership.nodes().map(|(id, n)| (*id, n.addr.clone())), |id| {
+                        membership.voter_ids().any(|v| v == id)
+                    })
+                };
                 return Ok(JoinGrant {
                     id,
                     cert_pem,
                     ca_pem: ca.cert_pem().to_string(),
-                    // Only servers hold the CA key: an agent-only node never signs anything.
-                    ca_key_pem: if ticket.agent_only { String::new() } else { ca.key_pem() },
                     cluster_name: cluster.name,
+                    servers,
                 });
             }
         }
@@ -651,14 +732,28 @@ impl Node {
         if record.removed {
             return Err(PeerError::Denied(format!("node {id} was removed from the cluster")));
         }
-        let (is_voter, voters) = {
+        if record.agent_only {
+            return Err(PeerError::Denied(format!("node {id} is an agent-only node: it is never added to raft")));
+        }
+        let (is_voter, is_member, voters) = {
             let m = self.store().raft().metrics();
             let m = m.borrow();
             let membership = m.membership_config.membership();
-            (membership.voter_ids().any(|v| v == id), membership.voter_ids().count() as u32)
+            (
+                membership.voter_ids().any(|v| v == id),
+                membership.get_node(&id).is_some(),
+                membership.voter_ids().count() as u32,
+            )
         };
         if is_voter {
             return Ok("voter".into());
+        }
+        if is_member {
+            // Adding is for nodes that are not in Raft yet; asking again must not make a learner
+            // a voter (that is the master's decision, not the learner's).
+            return Err(PeerError::Denied(format!(
+                "node {id} is already a learner; a learner is not promoted by asking"
+            )));
         }
         let voter = match wish {
             RoleWish::Voter => true,
@@ -698,15 +793,196 @@ impl Node {
         }
         // Recorded before the membership change, because a leader that removes itself can no
         // longer write once the change has committed.
-        if let Some(mut rec) = self.get_record::<NodeRecord>(&records::node_key(id)).await? {
-            rec.removed = true;
-            self.put_record(&records::node_key(id), &rec).await?;
+        match self
+            .update_record(&records::node_key(id), &format!("node {id}"), |r: &mut NodeRecord| r.removed = true)
+            .await
+        {
+            Ok(()) | Err(PeerError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
         if in_membership {
             let _one_at_a_time = self.inner.membership.lock().await;
             self.retry_membership(|| self.store().remove_member(id)).await?;
         }
         Ok(())
+    }
+
+    /// Records node `id`'s new node-to-node address: in Raft's membership (for members) and in
+    /// its node record, compared on the record's revision.
+    async fn update_address_as_leader(&self, id: NodeId, addr: String) -> Result<(), PeerError> {
+        self.must_lead()?;
+        let record: NodeRecord =
+            self.get_record(&records::node_key(id)).await?.ok_or_else(|| PeerError::NotFound(format!("node {id}")))?;
+        let in_membership =
+            self.store().raft().metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        if in_membership {
+            let _one_at_a_time = self.inner.membership.lock().await;
+            let timeout = self.inner.tuning.request_timeout;
+            // The name is the record's, not the caller's.
+            let member = Member::new(record.name.clone(), addr.clone());
+            tokio::time::timeout(timeout, self.store().set_member(id, member))
+                .await
+                .map_err(|_| Error::Timeout(timeout))??;
+        }
+        self.update_record(&records::node_key(id), &format!("node {id}"), |r: &mut NodeRecord| r.address = addr.clone())
+            .await
+    }
+
+    // ----- the CA key, on voters -----
+
+    pub(crate) fn ca_key_local(&self) -> Option<String> {
+        self.inner.ca_key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cluster CA with its key, to sign a joining node's certificate: this voter's own key,
+    /// or one fetched from another voter when this node became a voter moments ago.
+    async fn cluster_ca(&self) -> Result<ClusterCa, PeerError> {
+        let key = match self.ca_key_local() {
+            Some(key) => key,
+            None => self.fetch_ca_key().await?,
+        };
+        ClusterCa::from_pem(&self.inner.pki.ca_pem, &key).map_err(|e| PeerError::Store(Error::Fatal(e.to_string())))
+    }
+
+    /// Asks the other voters for the CA key (only voters are given it), checks that it is the
+    /// key of this cluster's CA certificate, and keeps it in `pki/ca.key` (0600).
+    pub async fn fetch_ca_key(&self) -> Result<String, PeerError> {
+        if let Some(key) = self.ca_key_local() {
+            return Ok(key);
+        }
+        let voters: Vec<(NodeId, Member)> = {
+            let m = self.store().raft().metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            membership
+                .nodes()
+                .filter(|(id, _)| **id != self.id() && membership.voter_ids().any(|v| v == **id))
+                .map(|(id, n)| (*id, n.clone()))
+                .collect()
+        };
+        let mut last = format!("node {} knows no other voter to ask", self.id());
+        for (id, member) in voters {
+            let timeout = self.inner.tuning.request_timeout;
+            match call_peer(&self.inner.endpoint, id, &member.addr, &PeerRequest::FetchCaKey, timeout).await {
+                Ok(PeerReply::CaKey(CaKey(key))) => {
+                    ClusterCa::from_pem(&self.inner.pki.ca_pem, &key)
+                        .map_err(|e| PeerError::Invalid(format!("node {id} sent a CA key that does not fit: {e}")))?;
+                    let path = crate::datadir::DataDir::new(&self.inner.dir).ca_key_file();
+                    hsu_net::pki::write_private(&path, key.as_bytes())
+                        .map_err(|e| PeerError::Store(Error::Fatal(format!("{}: {e}", path.display()))))?;
+                    *self.inner.ca_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+                    tracing::info!(from = id, "this voter now holds the CA key");
+                    return Ok(key);
+                }
+                Ok(other) => last = format!("node {id}: unexpected answer {other:?}"),
+                Err(e) => last = format!("node {id}: {e:?}"),
+            }
+        }
+        Err(Error::Unavailable(format!("cannot get the CA key: {last}")).into())
+    }
+
+    /// While this node is a voter without the CA key (just promoted), fetches it, so that it can
+    /// sign joins when it leads.
+    async fn keep_ca_key(self) {
+        let mut metrics = self.store().raft().metrics();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let voter = self.own_role() == Role::Voter;
+            if voter && self.ca_key_local().is_none() {
+                match self.fetch_ca_key().await {
+                    Ok(_) => backoff = Duration::from_millis(200),
+                    Err(e) => {
+                        tracing::debug!("the CA key: {e}");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = self.stopped() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                () = self.stopped() => return,
+            }
+        }
+    }
+
+    /// Where to send what a learner may not forward: the voters' API addresses.
+    fn voter_hint(&self) -> String {
+        let voters: Vec<NodeId> =
+            self.store().raft().metrics().borrow().membership_config.membership().voter_ids().collect();
+        let nodes = self.list_local::<NodeRecord>(records::NODES).unwrap_or_default();
+        let apis: Vec<String> = nodes
+            .iter()
+            .filter(|n| voters.contains(&n.id) && !n.removed)
+            .map(|n| format!("{} ({})", n.api_address, n.name))
+            .collect();
+        if apis.is_empty() {
+            "send it to a voter's API".into()
+        } else {
+            format!("send it to a voter's API: {}", apis.join(", "))
+        }
+    }
+
+    // ----- leaving and being removed -----
+
+    /// Watches for signs that the cluster removed this node: its own revocation or removal in
+    /// its copy of the store, or peers refusing its certificate as revoked, several times in a
+    /// row (a removed node cut off from the cluster hears of it no other way). Then it says so
+    /// once, marks its data directory, and stops (its units with it: the cluster has placed
+    /// their instances elsewhere).
+    async fn notice_removal(self) {
+        let mut refused = self.inner.endpoint.revocations();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reason = loop {
+            tokio::select! {
+                () = self.stopped() => return,
+                _ = tick.tick() => {
+                    if let Some(departure) = self.departed_in_store() {
+                        break departure;
+                    }
+                }
+                r = refused.wait_for(|n| *n >= crate::removal::REFUSALS_IN_A_ROW) => {
+                    if r.is_err() { return }
+                    break Departure::Removed("the other nodes refuse its certificate as revoked".into());
+                }
+            }
+        };
+        self.depart(reason);
+    }
+
+    /// What this node's own copy of the store says about it having left or been removed.
+    fn departed_in_store(&self) -> Option<Departure> {
+        if self.is_revoked(self.id()) {
+            return Some(Departure::Removed("its certificate was revoked (hsu node remove)".into()));
+        }
+        let kv = self.store().range_local(&KeyRange::Key(records::node_key(self.id()).into_bytes()), 1).kvs;
+        let record = kv.first().and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok())?;
+        let in_membership =
+            self.store().raft().metrics().borrow().membership_config.membership().get_node(&self.id()).is_some();
+        (record.removed && !in_membership).then_some(Departure::Left)
+    }
+
+    /// This node is no longer part of the cluster: records why in its data directory (so that
+    /// `hsu node run` says so), drops the CA key, and stops.
+    pub(crate) fn depart(&self, departure: Departure) {
+        if !self.inner.removal.set(departure.clone()) {
+            return;
+        }
+        match &departure {
+            Departure::Removed(reason) => tracing::error!(
+                "this node (id {}) was removed from the cluster: {reason}; stopping its units and exiting",
+                self.id()
+            ),
+            Departure::Left => tracing::info!("this node left the cluster; stopping its units"),
+        }
+        crate::removal::mark(&self.inner.dir, &departure);
+        *self.inner.ca_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = std::fs::remove_file(crate::datadir::DataDir::new(&self.inner.dir).ca_key_file());
+        self.request_stop();
     }
 
     /// Runs a membership change, waiting out a change that is still being committed.
@@ -803,6 +1079,16 @@ fn put(key: &str, value: Vec<u8>) -> Op {
 
 fn put_if_unchanged(key: &str, revision: u64, value: Vec<u8>) -> Request {
     Request::Txn(Txn { compare: vec![same_revision(key, revision)], success: vec![put(key, value)], failure: vec![] })
+}
+
+/// `(id, address)` of members with the voters first: who to follow and report through.
+pub(crate) fn voters_first(
+    members: impl Iterator<Item = (NodeId, String)>,
+    is_voter: impl Fn(NodeId) -> bool,
+) -> Vec<(NodeId, String)> {
+    let mut all: Vec<(NodeId, String)> = members.collect();
+    all.sort_by_key(|(id, _)| (!is_voter(*id), *id));
+    all
 }
 
 /// Node names: what a DNS label allows, so they can appear in certificates and hostnames.

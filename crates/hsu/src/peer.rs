@@ -1,7 +1,8 @@
 //! Node-to-node traffic over hsu-net's QUIC endpoint: the Raft RPCs of the store
 //! ([`QuicRaftTransport`]) and the node's own requests to the leader ([`PeerRequest`]): forwarded
 //! writes and reads, lease keep-alives, joins and membership changes. Only nodes of the cluster
-//! can call (mutual TLS against the cluster CA, revoked certificates refused at the handshake).
+//! can call (mutual TLS against the cluster CA, revoked certificates refused at the handshake),
+//! and each may ask only what its role allows (`crate::authz`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use hsu_store::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::authz::{self, Ask, Caller};
 use crate::node::Node;
 
 const METHOD_APPEND: u16 = 1;
@@ -62,9 +64,28 @@ pub enum PeerRequest {
     Report(Box<hsu_model::state::NodeReport>),
     /// The leader's reports of every node, for views of instances.
     Reports,
+    /// A voter that lacks the CA key (it was just promoted) asks another voter for it.
+    FetchCaKey,
 }
 
 impl PeerRequest {
+    /// The request's name, for refusals and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerRequest::Propose(_) => "Propose",
+            PeerRequest::Range { .. } => "Range",
+            PeerRequest::KeepAlive(_) => "KeepAlive",
+            PeerRequest::Join(_) => "Join",
+            PeerRequest::AddMember { .. } => "AddMember",
+            PeerRequest::RemoveMember { .. } => "RemoveMember",
+            PeerRequest::UpdateAddress { .. } => "UpdateAddress",
+            PeerRequest::Health => "Health",
+            PeerRequest::Report(_) => "Report",
+            PeerRequest::Reports => "Reports",
+            PeerRequest::FetchCaKey => "FetchCaKey",
+        }
+    }
+
     /// Reads: safe to send again, or to another leader, when the outcome of a call is unknown.
     pub fn is_idempotent(&self) -> bool {
         matches!(self, PeerRequest::Range { .. } | PeerRequest::Health | PeerRequest::Report(_) | PeerRequest::Reports)
@@ -100,14 +121,16 @@ impl std::fmt::Debug for JoinTicket {
     }
 }
 
-/// What the leader grants a joining node.
-#[derive(Clone, Serialize, Deserialize)]
+/// What the leader grants a joining node. Never the CA key: a node that becomes a voter
+/// fetches it from another voter ([`PeerRequest::FetchCaKey`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinGrant {
     pub id: NodeId,
     pub cert_pem: String,
     pub ca_pem: String,
-    pub ca_key_pem: String,
     pub cluster_name: String,
+    /// The members' node-to-node addresses, for an agent-only node to follow.
+    pub servers: Vec<(NodeId, String)>,
 }
 
 /// The leader's view of its followers, for `hsu status`.
@@ -125,20 +148,21 @@ pub enum PeerReply {
     Response(Response),
     Range(RangeResult),
     Ttl(u64),
-    Joined(JoinGrantBox),
+    Joined(JoinGrant),
     Role(String),
     Done,
     Health(HealthView),
     Reports(crate::deployments::ReportsView),
+    CaKey(CaKey),
 }
 
-/// Keeps the CA key out of `Debug` output.
+/// The CA private key (PEM), between voters only; `Debug` never shows it.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct JoinGrantBox(pub JoinGrant);
+pub struct CaKey(pub String);
 
-impl std::fmt::Debug for JoinGrantBox {
+impl std::fmt::Debug for CaKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JoinGrant {{ id: {}, .. }}", self.0.id)
+        f.write_str("CaKey(<redacted>)")
     }
 }
 
@@ -192,9 +216,11 @@ impl RaftTransport for QuicRaftTransport {
         let reply =
             self.endpoint.call(addr, &node_server_name(target), method, &body, timeout).await.map_err(|e| match e {
                 NetError::Timeout { after, .. } => TransportError::Timeout(target, after),
-                NetError::Connect { .. } | NetError::ConnectionLost { .. } | NetError::Tls(_) | NetError::Closed => {
-                    TransportError::Unreachable(target, e.to_string())
-                }
+                NetError::Connect { .. }
+                | NetError::ConnectionLost { .. }
+                | NetError::Tls(_)
+                | NetError::Revoked { .. }
+                | NetError::Closed => TransportError::Unreachable(target, e.to_string()),
                 other => TransportError::Failed(target, other.to_string()),
             })?;
         self.contact.touch(target);
@@ -220,9 +246,11 @@ pub async fn call_peer(
         endpoint.call_once(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
     };
     let bytes = call.map_err(|e| match e {
-        NetError::Connect { .. } | NetError::Tls(_) | NetError::Closed | NetError::FrameTooLarge { .. } => {
-            PeerCallError::NotSent(e)
-        }
+        NetError::Connect { .. }
+        | NetError::Tls(_)
+        | NetError::Revoked { .. }
+        | NetError::Closed
+        | NetError::FrameTooLarge { .. } => PeerCallError::NotSent(e),
         other => PeerCallError::Unknown(other),
     })?;
     let reply: Result<PeerReply, PeerError> =
@@ -250,6 +278,10 @@ pub enum PeerError {
     Invalid(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// The request is fine but this node cannot serve it (a learner asked for a write): the
+    /// message says where to send it.
+    #[error("{0}")]
+    WrongNode(String),
 }
 
 /// Serves node-to-node requests. Set up before the node exists (the endpoint must listen before
@@ -264,45 +296,54 @@ impl PeerHandler {
     }
 }
 
-impl Handler for PeerHandler {
-    async fn call(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        // When the connection opened, the TLS layer refused anything but a non-revoked
-        // certificate of this CA; only nodes (not administrators) may speak Raft or ask the
-        // leader for things.
-        let id = match identity_of(&peer.cert_der) {
-            Ok(Identity::Node(id)) => id,
-            Ok(other) => return Err(format!("{other} may not call the node-to-node endpoint")),
-            Err(e) => return Err(e.to_string()),
+impl PeerHandler {
+    /// Who is calling: a node of this cluster with the certificate it was enrolled with, not
+    /// removed, in the role this node sees it in.
+    fn caller(&self, peer: &Peer) -> Result<(&Node, Caller), String> {
+        let identity = identity_of(&peer.cert_der).map_err(|e| e.to_string())?;
+        let Some(id) = identity.node_id() else {
+            return Err(format!("{identity} may not call the node-to-node endpoint"));
         };
         let node = self.node()?;
-        // The handshake checked revocation only when the connection opened; a removed node that
-        // is still running keeps its connections open, so every request is checked again, and
-        // against the certificate the node was enrolled with.
-        node.check_peer(id, &peer.cert_der)?;
+        Ok((node, Caller { id, role: node.role_of(&identity) }))
+    }
+}
+
+impl Handler for PeerHandler {
+    /// The handshake checked revocation only when the connection opened; a removed node that is
+    /// still running keeps its connections open, so every request is checked again, and against
+    /// the certificate the node was enrolled with (a removed voter may still hold the CA key).
+    fn admitted(&self, peer: &Peer) -> Result<(), String> {
+        let id = identity_of(&peer.cert_der).map_err(|e| e.to_string())?.node_id();
+        match (id, self.node.get()) {
+            (Some(id), Some(node)) => node.check_peer(id, &peer.cert_der),
+            // Not a node: refused with a reason by `caller`. No node yet: nobody is removed.
+            _ => Ok(()),
+        }
+    }
+
+    async fn call(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        let (node, caller) = self.caller(&peer)?;
         let kind = match method {
             METHOD_APPEND => RpcKind::AppendEntries,
             METHOD_VOTE => RpcKind::Vote,
             METHOD_SNAPSHOT => RpcKind::InstallSnapshot,
             METHOD_PEER => {
                 let req: PeerRequest = decode_record(&body).map_err(|e| format!("bad peer request: {e}"))?;
-                if let PeerRequest::Report(r) = &req {
-                    // A node reports for itself only.
-                    if r.node != id {
-                        return Err(format!("node {id} may not report for node {}", r.node));
-                    }
-                }
-                let reply = match req {
+                let reply = match authz::allowed(caller, &Ask::Peer(&req)) {
+                    Err(refusal) => Err(PeerError::Denied(refusal)),
                     // From an agent-only node, which reaches any server: passed on to the leader.
                     // (Not from inside `handle_peer`: a node that has just stopped leading may
                     // still name itself as the leader, and would pass the report to itself.)
-                    PeerRequest::Report(_) if !node.is_leader() => node.leader_call(req).await,
-                    req => node.handle_peer(req).await,
+                    Ok(()) if matches!(req, PeerRequest::Report(_)) && !node.is_leader() => node.leader_call(req).await,
+                    Ok(()) => node.handle_peer(req).await,
                 };
                 return encode_record(&reply).map_err(|e| e.to_string());
             }
             other => return Err(format!("unknown method {other}")),
         };
-        Ok(serve_rpc(node.store().raft(), kind, &body).await)
+        authz::allowed(caller, &Ask::Raft)?;
+        Ok(serve_rpc(node.store().raft(), kind, &body, caller.id).await)
     }
 
     async fn stream(
@@ -311,20 +352,18 @@ impl Handler for PeerHandler {
         method: u16,
         body: Vec<u8>,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, String> {
-        let id = match identity_of(&peer.cert_der) {
-            Ok(Identity::Node(id)) => id,
-            Ok(other) => return Err(format!("{other} may not call the node-to-node endpoint")),
-            Err(e) => return Err(e.to_string()),
-        };
-        let node = self.node()?;
-        node.check_peer(id, &peer.cert_der)?;
+        let (node, caller) = self.caller(&peer)?;
         match method {
             METHOD_LOGS => {
+                authz::allowed(caller, &Ask::Logs)?;
                 let ask: crate::logs::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
                 node.local_log(ask)
             }
             // Only the caller's own instances: an agent-only node sees nothing else.
-            METHOD_WATCH => node.watch_for(id),
+            METHOD_WATCH => {
+                authz::allowed(caller, &Ask::OwnInstances)?;
+                node.watch_for(caller.id)
+            }
             other => Err(format!("unknown stream method {other}")),
         }
     }

@@ -26,6 +26,11 @@ pub fn revoked_key(id: NodeId) -> String {
     format!("{REVOKED}{id:020}")
 }
 
+/// The node id of a key under [`REVOKED`].
+pub fn revoked_id(key: &[u8]) -> Option<NodeId> {
+    std::str::from_utf8(key).ok()?.strip_prefix(REVOKED)?.parse().ok()
+}
+
 /// A node as recorded when it joined.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -72,17 +77,12 @@ pub struct TokenEntry {
     pub record: TokenRecord,
 }
 
-/// The cluster CA. Only servers hold the store, so only servers hold the key.
-#[derive(Clone, Serialize, Deserialize)]
+/// The cluster CA's certificate. Its private key is in no record: only voters hold it, in
+/// their data directory (`pki/ca.key`), and a new voter fetches it from another voter over the
+/// node-to-node endpoint, so no read, watch or snapshot of the store can hand it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaRecord {
     pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for CaRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaRecord").field("key_pem", &"<redacted>").finish_non_exhaustive()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

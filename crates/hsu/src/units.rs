@@ -110,6 +110,9 @@ async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync
         tokio::select! {
             _ = watcher.next() => {}
             () = node.stopped() => {
+                // A node that left or was removed stops its units: their instances are placed
+                // elsewhere, and nobody would supervise these copies any more.
+                let on_exit = if node.departure().is_some() { OnExit::Stop } else { on_exit };
                 agent.shutdown(on_exit).await;
                 return;
             }

@@ -206,7 +206,7 @@ fn identity_names() {
 fn generated_csr_is_signed_for_the_chosen_node() {
     let ca = ClusterCa::generate("prod").unwrap();
     let (csr_pem, key_pem) = generate_csr().unwrap();
-    let cert_pem = ca.sign_node_csr(&csr_pem, 9, 30).unwrap();
+    let cert_pem = ca.sign_node_csr(&csr_pem, &Identity::Node(9), 30).unwrap();
     let chain = certs_from_pem(&cert_pem).unwrap();
     assert_eq!(chain.len(), 2);
     assert_eq!(identity_of(&chain[0]).unwrap(), Identity::Node(9));
@@ -234,7 +234,7 @@ fn sign_node_csr_ignores_requested_identity() {
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
 
-    let cert_pem = ca.sign_node_csr(&csr_pem, 5, 30).unwrap();
+    let cert_pem = ca.sign_node_csr(&csr_pem, &Identity::Node(5), 30).unwrap();
     let leaf = certs_from_pem(&cert_pem).unwrap()[0].to_vec();
     assert_eq!(identity_of(&leaf).unwrap(), Identity::Node(5));
     assert_eq!(sans(&leaf), ["DNS:node-5.hsu", "URI:hsu://node/5", "DNS:api.hsu"]);
@@ -260,14 +260,14 @@ fn tampered_csr_is_refused() {
     let at = der.windows(4).position(|w| w == b"join").expect("the csr subject contains \"join\"");
     der[at] = b'J';
     let tampered = pem_encode("CERTIFICATE REQUEST", &der);
-    let err = ca.sign_node_csr(&tampered, 1, 30).unwrap_err();
+    let err = ca.sign_node_csr(&tampered, &Identity::Node(1), 30).unwrap_err();
     assert!(matches!(err, PkiError::CsrSignatureInvalid), "{err}");
     assert!(err.to_string().contains("signature"), "{err}");
 
-    let err = ca.sign_node_csr("not a csr", 1, 30).unwrap_err();
+    let err = ca.sign_node_csr("not a csr", &Identity::Node(1), 30).unwrap_err();
     assert!(matches!(err, PkiError::InvalidPem { .. }), "{err}");
     let garbage = pem_encode("CERTIFICATE REQUEST", b"\x30\x03\x02\x01\x01");
-    let err = ca.sign_node_csr(&garbage, 1, 30).unwrap_err();
+    let err = ca.sign_node_csr(&garbage, &Identity::Node(1), 30).unwrap_err();
     assert!(matches!(err, PkiError::InvalidCsr(_)), "{err}");
 }
 
@@ -526,7 +526,7 @@ fn handshake_with_csr_issued_certificate() {
     let cluster = Cluster::new("test");
     let server = cluster.mutual_server(never_revoked());
     let (csr_pem, key_pem) = generate_csr().unwrap();
-    let cert_pem = cluster.ca.sign_node_csr(&csr_pem, 77, 30).unwrap();
+    let cert_pem = cluster.ca.sign_node_csr(&csr_pem, &Identity::Node(77), 30).unwrap();
     let node = CertifiedKey { cert_pem, key_pem };
     let hs = Handshake::run(cluster.client(Some(&node)), &server, "node-1.hsu");
     assert!(hs.ok(), "{:?} {:?}", hs.client_err, hs.server_err);
@@ -827,4 +827,42 @@ fn handshake_over_tcp() {
     let (got, peer) = server.join().unwrap();
     assert_eq!(&got, b"ping");
     assert_eq!(peer, Identity::Node(8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent-only nodes
+
+#[test]
+fn agent_certificates_carry_their_role() {
+    let cluster = Cluster::new("test");
+    let (csr_pem, key_pem) = generate_csr().unwrap();
+    let cert_pem = cluster.ca.sign_node_csr(&csr_pem, &Identity::Agent(12), 30).unwrap();
+    let leaf = certs_from_pem(&cert_pem).unwrap()[0].to_vec();
+    assert_eq!(identity_of(&leaf).unwrap(), Identity::Agent(12));
+    // Dialled as any node is, but it does not serve the public API.
+    assert_eq!(sans(&leaf), ["DNS:node-12.hsu", "URI:hsu://agent/12"]);
+    assert_eq!(Identity::Agent(12).node_id(), Some(12));
+    assert_eq!(Identity::Admin("a".into()).node_id(), None);
+
+    // An agent serves its own node-to-node endpoint and is identified as an agent by a server.
+    let agent = CertifiedKey { cert_pem, key_pem };
+    let verifier = RevocationAwareVerifier::new(cluster.ca.cert_der(), never_revoked()).unwrap();
+    server_config(&agent, verifier, ALPN).expect("an agent's certificate can serve");
+    let server = cluster.mutual_server(never_revoked());
+    let hs = Handshake::run(cluster.client(Some(&agent)), &server, "node-1.hsu");
+    assert!(hs.ok(), "{:?} {:?}", hs.client_err, hs.server_err);
+    assert_eq!(hs.peer_identity(), Some(Identity::Agent(12)));
+
+    // A joining server pins the CA against the API; an agent's certificate is not an API server.
+    let agent_api =
+        Arc::new(server_config_optional_client_auth(&agent, cluster.ca.cert_der(), never_revoked(), ALPN).unwrap());
+    let (config, pinned) = pinned_client_config(cluster.ca.fingerprint(), ALPN).unwrap();
+    let hs = Handshake::run(config, &agent_api, "api.hsu");
+    assert!(!hs.ok(), "a joining node accepted an agent-only node as its server");
+    assert!(pinned.lock().unwrap().is_none());
+
+    // Admin identities cannot be signed from a node CSR.
+    let (csr_pem, _) = generate_csr().unwrap();
+    let err = cluster.ca.sign_node_csr(&csr_pem, &Identity::Admin("root".into()), 30).unwrap_err();
+    assert!(matches!(err, PkiError::WrongIdentityKind { .. }), "{err}");
 }

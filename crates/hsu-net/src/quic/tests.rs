@@ -844,3 +844,136 @@ fn client_futures_are_send(endpoint: Endpoint, addr: SocketAddr) {
     is_send(endpoint.stream(addr, "node-1.hsu", COUNT, b""));
     is_send(endpoint.shutdown());
 }
+
+/// A client verifier that takes every certificate of the CA for revoked, as a server does for a
+/// node the cluster removed.
+#[derive(Debug)]
+struct RevokesEveryone(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for RevokesEveryone {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)?;
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_told_so_and_counted() {
+    let net = Net::new();
+    let inner = WebPkiClientVerifier::builder_with_provider(net.ca.roots.clone(), provider()).build().unwrap();
+    let server_tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(RevokesEveryone(inner)))
+        .with_single_cert(vec![net.node1.cert.clone()], net.node1.key.clone_key())
+        .unwrap();
+    let handler = Arc::new(TestHandler::default());
+    let server = Endpoint::bind(
+        localhost(),
+        server_tls,
+        client_tls(&net.ca, Some(&net.node1)),
+        handler.clone(),
+        EndpointConfig::default(),
+    )
+    .unwrap();
+    let client = net.client(EndpointConfig::default());
+    let revocations = client.revocations();
+    for n in 1..=3 {
+        let err = client.call(server.local_addr(), "node-1.hsu", ECHO, b"x", LONG).await.unwrap_err();
+        assert!(matches!(err, NetError::Revoked { .. }), "attempt {n}: {err:?}");
+        assert_eq!(*revocations.borrow(), n, "refusals counted in a row");
+    }
+    assert_eq!(handler.calls(), 0, "a revoked certificate reached the handler");
+
+    // A request that gets through (to a server that does not revoke it) resets the count.
+    let other = net.serve(handler.clone(), EndpointConfig::default());
+    client.call(other.local_addr(), "node-1.hsu", ECHO, b"x", LONG).await.unwrap();
+    assert_eq!(*revocations.borrow(), 0);
+}
+
+#[test]
+fn refused_handshakes_are_logged_once_a_minute_per_address() {
+    let log = RefusalLog::default();
+    let a: std::net::IpAddr = [10, 0, 0, 1].into();
+    let b: std::net::IpAddr = [10, 0, 0, 2].into();
+    let mut now = tokio::time::Instant::now();
+    assert_eq!(log.note(a, now), Some(0), "the first refusal is logged");
+    for _ in 0..50 {
+        now += Duration::from_millis(100);
+        assert_eq!(log.note(a, now), None, "repeats within a minute are counted, not logged");
+    }
+    assert_eq!(log.note(b, now), Some(0), "another address has its own budget");
+    now += RefusalLog::PERIOD;
+    assert_eq!(log.note(a, now), Some(50), "the next line says how many were not logged");
+    assert_eq!(log.note(a, now), None);
+    // Bounded: many addresses do not grow the map past its limit.
+    for i in 0..(RefusalLog::MAX_ADDRESSES as u32 + 10) {
+        log.note(std::net::IpAddr::from(i.to_be_bytes()), now);
+    }
+    assert!(log.by_ip.lock().unwrap().len() <= RefusalLog::MAX_ADDRESSES);
+}
+
+/// Echoes, until told that its peers' certificates are revoked.
+#[derive(Default)]
+struct Revocable {
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Handler for Revocable {
+    async fn call(&self, _peer: Peer, _method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        Ok(body)
+    }
+
+    fn admitted(&self, _peer: &Peer) -> Result<(), String> {
+        if self.revoked.load(Ordering::SeqCst) {
+            Err("revoked".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_certificate_was_revoked_since_is_closed_as_revoked() {
+    let net = Net::new();
+    let handler = Arc::new(Revocable::default());
+    let server = net.serve(handler.clone(), EndpointConfig::default());
+    let client = net.client(EndpointConfig::default());
+    assert_eq!(client.call(server.local_addr(), "node-1.hsu", ECHO, b"x", LONG).await.unwrap(), b"x");
+    handler.revoked.store(true, Ordering::SeqCst);
+    // The open connection is closed as revoked on its next request.
+    let err = client.call(server.local_addr(), "node-1.hsu", ECHO, b"x", LONG).await.unwrap_err();
+    assert!(matches!(err, NetError::Revoked { .. }), "{err:?}");
+    assert_eq!(*client.revocations().borrow(), 1);
+}

@@ -35,6 +35,14 @@ pub fn principal<T>(node: &Node, req: &Request<T>) -> Result<Principal, Status> 
                 Ok(()) => Ok(Principal::Node(id)),
                 Err(e) => Err(Status::unauthenticated(e)),
             },
+            // Authenticated, but an edge machine's credential reads nothing of the cluster: it
+            // learns its instances and the servers over the node-to-node endpoint only.
+            Some(Identity::Agent(id)) => match node.check_peer(id, certs[0].as_ref()) {
+                Ok(()) => Err(Status::permission_denied(format!(
+                    "node {id} is an agent-only node: its certificate may not use the API"
+                ))),
+                Err(e) => Err(Status::unauthenticated(e)),
+            },
             None => Err(Status::unauthenticated("the client certificate carries no HSU identity")),
         };
     }

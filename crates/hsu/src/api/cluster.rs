@@ -119,12 +119,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         authorize(&self.node, &req, Need::Write)?;
         let id = self.node.id();
         self.node.leader_call(PeerRequest::RemoveMember { id, revoke: false }).await?;
-        tracing::info!(node = id, "left the cluster; stopping");
         // Answer first, then stop.
         let node = self.node.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            node.request_stop();
+            node.depart(crate::removal::Departure::Left);
         });
         Ok(Response::new(pb::LeaveResponse { node_id: id }))
     }
@@ -206,16 +205,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
             agent_only: r.agent_only,
         };
         match self.node.leader_call(PeerRequest::Join(ticket)).await? {
-            PeerReply::Joined(g) => {
-                let g = g.0;
-                Ok(Response::new(pb::JoinResponse {
-                    node_id: g.id,
-                    cert_pem: g.cert_pem,
-                    ca_pem: g.ca_pem,
-                    cluster_name: g.cluster_name,
-                    ca_key_pem: g.ca_key_pem,
-                }))
-            }
+            PeerReply::Joined(g) => Ok(Response::new(pb::JoinResponse {
+                node_id: g.id,
+                cert_pem: g.cert_pem,
+                ca_pem: g.ca_pem,
+                cluster_name: g.cluster_name,
+                servers: g.servers.into_iter().map(|(id, addr)| format!("{id}={addr}")).collect(),
+            })),
             other => Err(Status::internal(format!("unexpected answer to a join: {other:?}"))),
         }
     }
