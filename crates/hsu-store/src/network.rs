@@ -69,15 +69,16 @@ enum Reply<T, E> {
 /// must say it is from that node (the vote in every Raft RPC names its sender), and the sender
 /// must be a voter of this member's membership: only a voter campaigns or leads. A member that
 /// has no membership yet (a node being added, before its first entries) cannot tell, and takes
-/// whoever speaks; the transport must have refused non-servers already.
-pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8], from: NodeId) -> Vec<u8> {
+/// whoever speaks; the transport must have refused non-servers already. A refused sender is
+/// `Err(why)`, for the transport to return as its refusal; openraft never sees the message.
+pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8], from: NodeId) -> Result<Vec<u8>, String> {
     async fn run<Req, T, E, F>(
         raft: &Raft,
         body: &[u8],
         from: NodeId,
         sender: impl FnOnce(&Req) -> Option<NodeId>,
         f: impl FnOnce(Req) -> F,
-    ) -> Vec<u8>
+    ) -> Result<Vec<u8>, String>
     where
         Req: DeserializeOwned,
         T: Serialize,
@@ -85,15 +86,15 @@ pub async fn serve_rpc(raft: &Raft, kind: RpcKind, body: &[u8], from: NodeId) ->
         F: Future<Output = Result<T, E>>,
     {
         let reply: Reply<T, E> = match decode_record::<Req>(body) {
-            Ok(req) => match check_sender(raft, sender(&req), from) {
-                Ok(()) => Reply::Done(f(req).await),
-                Err(msg) => Reply::BadRequest(msg),
-            },
+            Ok(req) => {
+                check_sender(raft, sender(&req), from)?;
+                Reply::Done(f(req).await)
+            }
             Err(e) => Reply::BadRequest(e.to_string()),
         };
-        encode_record(&reply).unwrap_or_else(|e| {
+        Ok(encode_record(&reply).unwrap_or_else(|e| {
             encode_record(&Reply::<(), ()>::BadRequest(format!("reply does not encode: {e}"))).unwrap_or_default()
-        })
+        }))
     }
     match kind {
         RpcKind::AppendEntries => {

@@ -151,7 +151,8 @@ impl RaftTransport for RouterTransport {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            let reply = serve_rpc(&raft, kind, &body, self.from).await;
+            let reply =
+                serve_rpc(&raft, kind, &body, self.from).await.map_err(|e| TransportError::Failed(target, e))?;
             // The reply crosses the network too: it is lost if the way back broke meanwhile.
             self.router.route(target, self.from)?;
             Ok(reply)

@@ -22,7 +22,7 @@ use hsu_model::state::{self, Desired, InstanceRecord};
 use hsu_model::unit::UnitSpec;
 use hsu_model::{decode_record, encode_record, NodeId};
 use hsu_net::pki::{self, certs_from_pem, identity_of, Identity, RevocationAwareVerifier};
-use hsu_net::quic::{Endpoint, EndpointConfig, Handler, Peer, ALPN};
+use hsu_net::quic::{Endpoint, EndpointConfig, Handler, NetError, Peer, ALPN};
 use hsu_store::KeyRange;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -408,6 +408,8 @@ async fn to_any_server(endpoint: &Endpoint, servers: &[(NodeId, String)], req: &
     for (id, addr) in servers {
         match call_peer(endpoint, *id, addr, req, Duration::from_secs(3)).await {
             Ok(PeerReply::Done) => return Ok(()),
+            // A revocation holds for the whole cluster: asking the others only takes longer.
+            Err(crate::peer::PeerCallError::NotSent(e @ NetError::Revoked { .. })) => return Err(e.to_string()),
             Ok(other) => last = format!("server {id}: unexpected reply {other:?}"),
             Err(crate::peer::PeerCallError::Remote(PeerError::Denied(why))) => last = format!("server {id}: {why}"),
             Err(e) => last = format!("server {id}: {e:?}"),

@@ -292,8 +292,16 @@ async fn add_self(
             Ok(Some(p)) if !p.role.is_empty() => {
                 progress(&format!("{} (applied {} entries)", p.step, node.store().applied_index()));
                 if p.role == "voter" {
-                    // Only voters hold the CA key; it signs the certificates of later nodes.
-                    node.fetch_ca_key().await?;
+                    // Only voters hold the CA key; it signs the certificates of later nodes. The
+                    // node may not have the entry that made it a voter yet: asked until it has.
+                    let deadline = tokio::time::Instant::now() + node.tuning().membership_timeout;
+                    loop {
+                        match node.fetch_ca_key().await {
+                            Ok(_) => break,
+                            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
                     progress("received the CA key from another voter");
                 }
                 return Ok(());

@@ -133,9 +133,10 @@ impl Node {
         let store_cell: Arc<OnceLock<Store>> = Arc::new(OnceLock::new());
         let is_revoked: RevocationCheck = {
             let store = store_cell.clone();
-            Arc::new(move |identity: &Identity| match (identity, store.get()) {
-                (Identity::Node(id), Some(store)) => {
-                    !store.range_local(&KeyRange::Key(records::revoked_key(*id).into_bytes()), 1).kvs.is_empty()
+            // Servers and agent-only nodes alike (`node_id`), at every handshake.
+            Arc::new(move |identity: &Identity| match (identity.node_id(), store.get()) {
+                (Some(id), Some(store)) => {
+                    !store.range_local(&KeyRange::Key(records::revoked_key(id).into_bytes()), 1).kvs.is_empty()
                 }
                 _ => false,
             })
@@ -928,9 +929,8 @@ impl Node {
 
     // ----- leaving and being removed -----
 
-    /// Watches for signs that the cluster removed this node: its own revocation or removal in
-    /// its copy of the store, or peers refusing its certificate as revoked, several times in a
-    /// row (a removed node cut off from the cluster hears of it no other way). Then it says so
+    /// Watches for signs that the cluster removed this node: its own revocation in its copy of
+    /// the store, or peers refusing its certificate as revoked, several times in a row (a removed node cut off from the cluster hears of it no other way). Then it says so
     /// once, marks its data directory, and stops (its units with it: the cluster has placed
     /// their instances elsewhere).
     async fn notice_removal(self) {
@@ -954,16 +954,11 @@ impl Node {
         self.depart(reason);
     }
 
-    /// What this node's own copy of the store says about it having left or been removed.
+    /// What this node's own copy of the store says about it having been removed. (Leaving is
+    /// not read from the store: the node that leaves departs once its leave has succeeded, and
+    /// its record is marked before the membership change, mid-way.)
     fn departed_in_store(&self) -> Option<Departure> {
-        if self.is_revoked(self.id()) {
-            return Some(Departure::Removed("its certificate was revoked (hsu node remove)".into()));
-        }
-        let kv = self.store().range_local(&KeyRange::Key(records::node_key(self.id()).into_bytes()), 1).kvs;
-        let record = kv.first().and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok())?;
-        let in_membership =
-            self.store().raft().metrics().borrow().membership_config.membership().get_node(&self.id()).is_some();
-        (record.removed && !in_membership).then_some(Departure::Left)
+        self.is_revoked(self.id()).then(|| Departure::Removed("its certificate was revoked (hsu node remove)".into()))
     }
 
     /// This node is no longer part of the cluster: records why in its data directory (so that

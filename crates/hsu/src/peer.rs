@@ -343,7 +343,7 @@ impl Handler for PeerHandler {
             other => return Err(format!("unknown method {other}")),
         };
         authz::allowed(caller, &Ask::Raft)?;
-        Ok(serve_rpc(node.store().raft(), kind, &body, caller.id).await)
+        serve_rpc(node.store().raft(), kind, &body, caller.id).await
     }
 
     async fn stream(

@@ -158,6 +158,19 @@ impl NodeProc {
         })
     }
 
+    /// The exit status once the process has exited by itself (for [`poll_for`]).
+    pub fn try_exit(&mut self) -> Result<std::process::ExitStatus, String> {
+        let child = self.child.as_mut().ok_or_else(|| format!("{} is not running", self.name))?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Ok(status)
+            }
+            Ok(None) => Err("still running".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(log_path(&self.dir)).unwrap_or_default()
     }

@@ -11,3 +11,4 @@ mod t45_cut_off;
 mod t50_dev;
 mod t60_jobs;
 mod t70_agent_only;
+mod t80_removed_nodes;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hsu::agent_node::AgentNode;
 use hsu::bootstrap::{self, InitOptions, JoinOptions};
 use hsu::client::{self, ClientConfig};
 use hsu::datadir::{DataDir, Pki};
@@ -92,8 +93,8 @@ pub struct Observed {
     pub tokens: Vec<pb::TokenInfo>,
     pub next_node_id: u64,
     pub revision: u64,
-    /// Key and mod revision of every key; a value cannot change without its mod revision.
-    pub keys: Vec<(String, u64)>,
+    /// Every key with its mod revision and its value, byte for byte.
+    pub keys: Vec<(String, u64, Vec<u8>)>,
 }
 
 impl Observed {
@@ -118,6 +119,7 @@ pub struct TestCluster {
     /// The `admin.conf` that `init` wrote.
     pub admin_conf: ClientConfig,
     joined: Vec<Node>,
+    agents: Vec<AgentNode>,
 }
 
 impl TestCluster {
@@ -136,7 +138,14 @@ impl TestCluster {
         .await
         .expect("init starts a one-node cluster");
         let admin_conf = ClientConfig::load(&DataDir::new(&data_dir).admin_conf()).expect("init writes admin.conf");
-        TestCluster { root, first: init.node, join_token: init.join_token, admin_conf, joined: Vec::new() }
+        TestCluster {
+            root,
+            first: init.node,
+            join_token: init.join_token,
+            admin_conf,
+            joined: Vec::new(),
+            agents: Vec::new(),
+        }
     }
 
     /// The data directory of the node named `name` (it may not exist).
@@ -168,6 +177,14 @@ impl TestCluster {
     pub async fn join(&mut self, name: &str, token: &str) -> Result<Node, NodeError> {
         let node = bootstrap::join(self.join_options(name, token), |_| {}).await?;
         self.joined.push(node.clone());
+        Ok(node)
+    }
+
+    /// Joins an agent-only node named `name`; the cluster shuts it down at the end.
+    pub async fn join_agent(&mut self, name: &str, token: &str) -> Result<AgentNode, NodeError> {
+        let opts = JoinOptions { role: pb::Role::Agent, ..self.join_options(name, token) };
+        let node = bootstrap::join_agent(opts, |_| {}).await?;
+        self.agents.push(node.clone());
         Ok(node)
     }
 
@@ -222,7 +239,11 @@ impl TestCluster {
             .range(KeyRange::Prefix(Vec::new()), 0, Consistency::Linearizable)
             .await
             .expect("a linearizable read of the whole store");
-        let keys = all.kvs.iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision)).collect();
+        let keys = all
+            .kvs
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, kv.value.clone()))
+            .collect();
         Observed { nodes, tokens, next_node_id, revision: all.revision, keys }
     }
 
@@ -239,6 +260,9 @@ impl TestCluster {
     }
 
     pub async fn shutdown(self) {
+        for agent in &self.agents {
+            agent.shutdown().await;
+        }
         for node in self.joined.iter().rev() {
             node.shutdown().await;
         }

@@ -10,3 +10,4 @@ mod t20_join_tokens;
 mod t30_removed_node;
 mod t40_api_auth;
 mod t50_oversized_input;
+mod t60_node_authorization;
