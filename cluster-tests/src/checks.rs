@@ -1,5 +1,7 @@
 //! The checkers: linearizability of the register history, no acknowledged set add lost (and no
-//! add that was reported as failed present), at most one leader per term, and recovery time.
+//! add that was reported as failed present), counter increments applied exactly once, at most
+//! one leader per term, recovery time, and enough acknowledged operations for any of it to mean
+//! something.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use hsu_store::linearizability::{Checker, Outcome, Verdict};
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;
-use crate::workload::History;
+use crate::workload::{FinalCounter, History};
 
 /// One checker's verdict: a short cell for the table and, when it fails, the details.
 #[derive(Clone, Debug)]
@@ -91,6 +93,58 @@ pub fn nothing_lost(history: &History, final_set: &Result<Vec<String>, String>) 
         );
     }
     Check::fail(if lost.is_empty() { "failed add applied" } else { "LOST WRITES" }, detail)
+}
+
+/// The counter ends equal to its recorded increments, one per value, each increment's id at
+/// most once (a write applied twice shows as its id under two values); every acknowledged
+/// increment is there, none reported as not applied is, and the rest are indeterminate ones.
+pub fn exactly_once(history: &History, final_counter: &Result<FinalCounter, String>) -> Check {
+    let (value, incs) = match final_counter {
+        Ok(c) => c,
+        Err(e) => return Check::fail("no final read", e.clone()),
+    };
+    let told: BTreeMap<&str, Outcome> = history.increments.iter().map(|(u, o)| (u.as_str(), *o)).collect();
+    let mut problems = Vec::new();
+    let values: Vec<u64> = incs.iter().map(|(n, _)| *n).collect();
+    if values != (1..=*value).collect::<Vec<u64>>() {
+        problems.push(format!("the counter is {value} but the increments recorded are for {values:?}"));
+    }
+    let mut seen: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (n, uid) in incs {
+        seen.entry(uid.as_str()).or_default().push(*n);
+    }
+    let duplicates: Vec<_> = seen.iter().filter(|(_, ns)| ns.len() > 1).collect();
+    if !duplicates.is_empty() {
+        problems.push(format!("{} increments applied more than once: {:?}", duplicates.len(), duplicates));
+    }
+    let acked: Vec<&str> = told.iter().filter(|(_, o)| **o == Outcome::Ok).map(|(u, _)| *u).collect();
+    let lost: Vec<&&str> = acked.iter().filter(|u| !seen.contains_key(**u)).collect();
+    if !lost.is_empty() {
+        problems.push(format!("{} acknowledged increments are missing: {lost:?}", lost.len()));
+    }
+    let phantom: Vec<&str> =
+        seen.keys().copied().filter(|u| !matches!(told.get(u), Some(Outcome::Ok | Outcome::Indeterminate))).collect();
+    if !phantom.is_empty() {
+        problems.push(format!(
+            "{} increments applied that were reported as not applied (or never sent): {phantom:?}",
+            phantom.len()
+        ));
+    }
+    if problems.is_empty() {
+        let maybe = seen.len() - acked.len();
+        Check::pass(format!("ok ({} acked + {maybe} indeterminate = {value}, 0 dup)", acked.len()))
+    } else {
+        Check::fail(if duplicates.is_empty() { "WRONG COUNT" } else { "DUPLICATES" }, problems.join(". "))
+    }
+}
+
+/// At least `min` operations were acknowledged: checkers over an empty history pass on nothing.
+pub fn enough(counts: (usize, usize, usize), min: usize) -> Check {
+    if counts.0 >= min {
+        Check::pass(format!("ok ({} acked)", counts.0))
+    } else {
+        Check::fail("TOO FEW", format!("only {} operations were acknowledged (at least {min} needed)", counts.0))
+    }
 }
 
 /// (term, leader id, observer index, milliseconds since the epoch of the run).

@@ -3,12 +3,16 @@
 //! under `set/`). Every operation is recorded with its start and end time and its outcome as an
 //! [`Operation`] for the linearizability checker.
 //!
+//! A counter workload checks that writes are applied exactly once: each increment is a
+//! compare-and-swap of `counter` that also records `incs/<new value>` = the increment's id.
+//!
 //! Outcomes: an answer is `Ok`. A failed read is `Failed` (the checker ignores failed and
-//! indeterminate reads alike). A failed write is `Failed` only when the server said that nothing
-//! was proposed: `Unavailable` with the node's "not the leader" or "no leader is known yet", or
-//! "leader N unreachable" (the node could not send it). Everything else (deadline exceeded, a
-//! transport error mid-call, a client timeout, unknown or internal errors, a store shut down) is
+//! indeterminate reads alike). A failed write is `Failed` only when the node said, in the
+//! `hsu-outcome: not-applied` metadata of its error, that nothing took effect (or refused the
+//! call before the store: invalid, unauthenticated, denied). Everything else (`hsu-outcome:
+//! unknown`, a transport error mid-call, a client timeout, an error without the key) is
 //! `Indeterminate`: the write may or may not take effect, which is always safe for the checker.
+//! The message text is never read.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +30,9 @@ use crate::cluster::Cluster;
 /// A client gives up on a call after this (the node's own request timeout is 5 s).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
 pub const SET_PREFIX: &str = "set/";
+pub const COUNTER: &str = "counter";
+/// `incs/<value, zero-padded>` = the id of the increment that set the counter to that value.
+pub const INCS_PREFIX: &str = "incs/";
 
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
@@ -48,12 +55,19 @@ pub struct History {
     pub ops: Vec<Operation>,
     /// Set adds: the key and what the client was told.
     pub adds: Vec<(String, Outcome)>,
+    /// Counter increments: the increment's id and what the client was told in the end.
+    pub increments: Vec<(String, Outcome)>,
 }
 
 impl History {
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);
-        let outcomes = self.ops.iter().map(|o| o.outcome).chain(self.adds.iter().map(|a| a.1));
+        let outcomes = self
+            .ops
+            .iter()
+            .map(|o| o.outcome)
+            .chain(self.adds.iter().map(|a| a.1))
+            .chain(self.increments.iter().map(|a| a.1));
         for o in outcomes {
             match o {
                 Outcome::Ok => c.0 += 1,
@@ -65,18 +79,13 @@ impl History {
     }
 }
 
-/// True when a write's error says that nothing was proposed (see the module docs).
+/// True when a write's error says that nothing took effect (see the module docs).
 pub fn nothing_proposed(status: &tonic::Status) -> bool {
-    let m = status.message();
-    match status.code() {
-        Code::Unavailable => {
-            m.starts_with("not the leader")
-                || m == "no quorum: no leader is known yet"
-                || (m.starts_with("no quorum: leader ") && m.contains(" unreachable: "))
-        }
+    match status.metadata().get(hsu::error::OUTCOME_KEY).map(|v| v.as_bytes()) {
+        Some(b"not-applied") => true,
+        Some(_) => false,
         // Refused by the API layer before anything reached the store.
-        Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated => true,
-        _ => false,
+        None => matches!(status.code(), Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated),
     }
 }
 
@@ -124,15 +133,17 @@ impl Clients {
         Clients { tasks }
     }
 
-    pub async fn finish(self) -> History {
+    /// The merged histories; a client task that panicked fails the run (its history is lost,
+    /// and a checker must not pass on what is left).
+    pub async fn finish(self) -> Result<History, String> {
         let mut all = History::default();
-        for t in self.tasks {
-            if let Ok(h) = t.await {
-                all.ops.extend(h.ops);
-                all.adds.extend(h.adds);
-            }
+        for (i, t) in self.tasks.into_iter().enumerate() {
+            let h = t.await.map_err(|e| format!("client {i} failed: {e}"))?;
+            all.ops.extend(h.ops);
+            all.adds.extend(h.adds);
+            all.increments.extend(h.increments);
         }
-        all
+        Ok(all)
     }
 }
 
@@ -155,6 +166,7 @@ enum Kind {
     Write(usize),
     Cas(usize),
     Add,
+    Increment,
 }
 
 impl Client {
@@ -185,10 +197,11 @@ impl Client {
             }
             let key = self.rng.gen_range(0..self.cfg.keys);
             let kind = match self.rng.gen_range(0..100) {
-                0..=34 => Kind::Read(key),
-                35..=59 => Kind::Write(key),
-                60..=84 => Kind::Cas(key),
-                _ => Kind::Add,
+                0..=29 => Kind::Read(key),
+                30..=54 => Kind::Write(key),
+                55..=79 => Kind::Cas(key),
+                80..=89 => Kind::Add,
+                _ => Kind::Increment,
             };
             let ok = self.one(kind, &mut history).await;
             if !ok {
@@ -299,8 +312,133 @@ impl Client {
                 history.adds.push((key, outcome));
                 outcome == Outcome::Ok
             }
+            Kind::Increment => {
+                let uid = String::from_utf8_lossy(&self.value()).into_owned();
+                let outcome = increment(&mut kv, &uid).await;
+                history.increments.push((uid, outcome));
+                outcome == Outcome::Ok
+            }
         }
     }
+}
+
+/// One increment: read the counter, compare-and-swap it to one more and record `incs/<new>`,
+/// again while the swap loses a race (a few times). `Failed` when no attempt took effect;
+/// `Indeterminate` once one may have (it is never tried again after that: a retry by this
+/// client could apply it twice, and that would be this test's bug, not the store's).
+async fn increment(kv: &mut Kv, uid: &str) -> Outcome {
+    for _ in 0..5 {
+        let read = pb::RangeRequest { key: COUNTER.as_bytes().to_vec(), ..Default::default() };
+        let current = match tokio::time::timeout(OP_TIMEOUT, kv.range(read)).await {
+            Ok(Ok(r)) => r.into_inner().kvs.into_iter().next().map(|kv| kv.value),
+            _ => return Outcome::Failed,
+        };
+        let value: u64 = match &current {
+            None => 0,
+            Some(v) => match std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()) {
+                Some(n) => n,
+                None => return Outcome::Failed,
+            },
+        };
+        let compare = pb::Compare {
+            key: COUNTER.as_bytes().to_vec(),
+            target: if current.is_none() { pb::compare::Target::Version } else { pb::compare::Target::Value } as i32,
+            result: pb::compare::Result::Equal as i32,
+            value: current.unwrap_or_default(),
+            number: 0,
+        };
+        let put = |key: String, value: String| pb::RequestOp {
+            request: Some(pb::request_op::Request::Put(pb::PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            })),
+        };
+        let next = value + 1;
+        let success = vec![put(COUNTER.into(), next.to_string()), put(format!("{INCS_PREFIX}{next:010}"), uid.into())];
+        let req = pb::TxnRequest { compare: vec![compare], success, failure: vec![] };
+        match tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await {
+            Ok(Ok(r)) if r.get_ref().succeeded => return Outcome::Ok,
+            Ok(Ok(_)) => continue,
+            Ok(Err(s)) if nothing_proposed(&s) => return Outcome::Failed,
+            _ => return Outcome::Indeterminate,
+        }
+    }
+    Outcome::Failed
+}
+
+/// The counter's final value and the increments recorded under [`INCS_PREFIX`] (value, id).
+pub type FinalCounter = (u64, Vec<(u64, String)>);
+
+/// The counter and the increments recorded under [`INCS_PREFIX`], read linearizably from the
+/// first endpoint that answers.
+pub async fn read_counter(
+    admin: &ClientConfig,
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<FinalCounter, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut attempt = 0usize;
+    while start.elapsed() < timeout {
+        let ep = &endpoints[attempt % endpoints.len()];
+        attempt += 1;
+        match Cluster::connect(admin, ep).await {
+            Ok((_, mut kv)) => {
+                // One transaction, so the counter and the records are of one revision.
+                let range = |key: &str, prefix: bool| pb::RequestOp {
+                    request: Some(pb::request_op::Request::Range(pb::RangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        prefix,
+                        ..Default::default()
+                    })),
+                };
+                let req = pb::TxnRequest {
+                    compare: vec![],
+                    success: vec![range(COUNTER, false), range(INCS_PREFIX, true)],
+                    failure: vec![],
+                };
+                match tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await {
+                    Ok(Ok(r)) => return parse_counter(r.into_inner()),
+                    Ok(Err(s)) => last = format!("{ep}: {:?}: {}", s.code(), s.message()),
+                    Err(_) => last = format!("{ep}: timed out"),
+                }
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("no node answered the final counter read within {timeout:?}; last: {last}"))
+}
+
+fn parse_counter(r: pb::TxnResponse) -> Result<FinalCounter, String> {
+    let ranges: Vec<pb::RangeResponse> = r
+        .responses
+        .into_iter()
+        .filter_map(|op| match op.response {
+            Some(pb::response_op::Response::Range(range)) => Some(range),
+            _ => None,
+        })
+        .collect();
+    let [counter, incs] = ranges.as_slice() else { return Err(format!("expected 2 ranges, got {}", ranges.len())) };
+    if incs.more {
+        return Err("the increments read came back incomplete (more = true)".into());
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let value = match counter.kvs.first() {
+        None => 0,
+        Some(kv) => text(&kv.value).parse().map_err(|e| format!("counter {:?}: {e}", text(&kv.value)))?,
+    };
+    let incs = incs
+        .kvs
+        .iter()
+        .map(|kv| {
+            let key = text(&kv.key);
+            let n = key.strip_prefix(INCS_PREFIX).and_then(|n| n.parse().ok());
+            n.map(|n| (n, text(&kv.value))).ok_or_else(|| format!("unexpected key {key:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((value, incs))
 }
 
 pub fn reg(k: usize) -> Vec<u8> {

@@ -34,6 +34,8 @@ pub const SLOW_TIMING: Timing = Timing { heartbeat: "300ms", election_timeout: "
 pub const RECOVERY_LIMIT: Duration = Duration::from_secs(5);
 /// Clients and pollers stop by themselves after this, whatever happens.
 const MAX_RUN: Duration = Duration::from_secs(600);
+/// A scenario whose clients got fewer answers than this proves nothing, and fails.
+const MIN_ACKED: usize = 100;
 
 pub const NAMES: [&str; 8] = ["t10", "t20", "t30", "t40", "t50", "t60", "t70", "t80"];
 
@@ -169,16 +171,29 @@ async fn drive(ctx: &mut Ctx, settings: &Settings, row: &mut Row) {
     let history = clients.finish().await;
     let samples = poller.finish().await;
     let final_set = workload::read_set(&admin, &endpoints, Duration::from_secs(20)).await;
+    let final_counter = workload::read_counter(&admin, &endpoints, Duration::from_secs(20)).await;
+    let history = match history {
+        Ok(h) => h,
+        Err(e) => {
+            row.error = Some(format!("a client task failed, so the history is incomplete: {e}"));
+            return;
+        }
+    };
     let converged = match rollout {
         Some(Ok(())) => Some(t80_rollout::converged(ctx).await),
         _ => None,
     };
     let crashed = ctx.cluster.crashed();
     row.counts = history.counts();
-    eprintln!("[{name}] {} operations recorded; checking", history.ops.len() + history.adds.len());
+    eprintln!(
+        "[{name}] {} operations recorded; checking",
+        history.ops.len() + history.adds.len() + history.increments.len()
+    );
     row.checks = vec![
+        ("enough ops", checks::enough(row.counts, MIN_ACKED)),
         ("linearizable", checks::linearizable(&history).await),
         ("nothing lost", checks::nothing_lost(&history, &final_set)),
+        ("exactly once", checks::exactly_once(&history, &final_counter)),
         ("1 leader/term", checks::one_leader_per_term(&samples)),
         ("recovery", checks::recovered(&recovery, RECOVERY_LIMIT)),
     ];

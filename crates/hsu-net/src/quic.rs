@@ -21,7 +21,9 @@
 //!   * `1` remote error: payload is the handler's UTF-8 message ([`NetError::Remote`]);
 //!   * `2` too large: payload is `[u64 declared][u64 max]`, both big-endian
 //!     ([`NetError::FrameTooLarge`]);
-//!   * `3` protocol error: payload is a UTF-8 message ([`NetError::Protocol`]).
+//!   * `3` protocol error: payload is a UTF-8 message ([`NetError::Protocol`]);
+//!   * `4` reply too large: the handler ran, but its answer is over the limit; payload as for
+//!     `2` ([`NetError::ReplyTooLarge`]).
 //! * Unary: exactly one reply frame, then the server finishes the stream.
 //! * Streaming: a header reply frame (status `0` when the handler accepted the call, otherwise
 //!   one error frame), then zero or more item frames; the server finishing the stream ends it.
@@ -90,6 +92,7 @@ const STATUS_OK: u8 = 0;
 const STATUS_REMOTE: u8 = 1;
 const STATUS_TOO_LARGE: u8 = 2;
 const STATUS_PROTOCOL: u8 = 3;
+const STATUS_REPLY_TOO_LARGE: u8 = 4;
 
 /// Application close codes for connections.
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -229,9 +232,13 @@ pub enum NetError {
     /// The remote handler returned an error.
     #[error("remote handler failed: {0}")]
     Remote(String),
-    /// A request or reply frame is over a side's `max_frame`.
+    /// The request frame is over a side's `max_frame`: it was not handled.
     #[error("frame of {declared} bytes exceeds the maximum of {max} bytes")]
     FrameTooLarge { declared: usize, max: usize },
+    /// The peer handled the request, but its reply is over a side's `max_frame`: whatever the
+    /// request did, it did (unlike [`NetError::FrameTooLarge`]).
+    #[error("the reply of {declared} bytes exceeds the maximum of {max} bytes (the request was handled)")]
+    ReplyTooLarge { declared: usize, max: usize },
     /// The peer did not follow the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -802,7 +809,7 @@ async fn exchange(
         }),
         Err(FrameError::TooLarge { declared, max }) => {
             let _ = recv.stop(VarInt::from_u32(STREAM_TOO_LARGE));
-            Err(Failure { err: NetError::FrameTooLarge { declared, max }, sent: Sent::Delivered })
+            Err(Failure { err: NetError::ReplyTooLarge { declared, max }, sent: Sent::Delivered })
         }
         Err(e) => match conn.close_reason() {
             Some(reason) => Err(lost(&reason, if delivered { Sent::Delivered } else { Sent::Unacked })),
@@ -1102,7 +1109,9 @@ async fn reply_ok<H>(ctx: &ServeCtx<H>, send: &mut SendStream, payload: &[u8]) {
     let declared = payload.len().saturating_add(1);
     if declared > ctx.max_frame {
         warn!(declared, max = ctx.max_frame, "reply over max_frame; sending an error instead");
-        reply(ctx, send, &[&too_large_status(declared, ctx.max_frame)]).await;
+        let mut status = too_large_status(declared, ctx.max_frame);
+        status[0] = STATUS_REPLY_TOO_LARGE;
+        reply(ctx, send, &[&status]).await;
         return;
     }
     reply(ctx, send, &[&[STATUS_OK], payload]).await;
@@ -1164,14 +1173,19 @@ fn decode_reply(mut frame: Vec<u8>) -> Result<Vec<u8>, NetError> {
             Ok(frame)
         }
         STATUS_REMOTE => Err(NetError::Remote(String::from_utf8_lossy(payload).into_owned())),
-        STATUS_TOO_LARGE => match (payload.get(..8), payload.get(8..)) {
+        STATUS_TOO_LARGE | STATUS_REPLY_TOO_LARGE => match (payload.get(..8), payload.get(8..)) {
             (Some(declared), Some(max)) if max.len() == 8 => {
                 let as_usize = |b: &[u8]| {
                     let mut word = [0u8; 8];
                     word.copy_from_slice(b);
                     usize::try_from(u64::from_be_bytes(word)).unwrap_or(usize::MAX)
                 };
-                Err(NetError::FrameTooLarge { declared: as_usize(declared), max: as_usize(max) })
+                let (declared, max) = (as_usize(declared), as_usize(max));
+                Err(if status == STATUS_TOO_LARGE {
+                    NetError::FrameTooLarge { declared, max }
+                } else {
+                    NetError::ReplyTooLarge { declared, max }
+                })
             }
             _ => Err(NetError::Protocol(format!(
                 "too-large reply with a {}-byte payload: expected 16 bytes",
@@ -1181,9 +1195,9 @@ fn decode_reply(mut frame: Vec<u8>) -> Result<Vec<u8>, NetError> {
         STATUS_PROTOCOL => {
             Err(NetError::Protocol(format!("peer rejected the request: {}", String::from_utf8_lossy(payload))))
         }
-        other => {
-            Err(NetError::Protocol(format!("unknown reply status {other}: expected {STATUS_OK} to {STATUS_PROTOCOL}")))
-        }
+        other => Err(NetError::Protocol(format!(
+            "unknown reply status {other}: expected {STATUS_OK} to {STATUS_REPLY_TOO_LARGE}"
+        ))),
     }
 }
 

@@ -68,6 +68,13 @@ pub enum Error {
 impl Error {
     /// True when a write that returned this error may nevertheless take effect.
     pub fn is_indeterminate(&self) -> bool {
-        matches!(self, Error::Timeout(_) | Error::Shutdown | Error::Fatal(_) | Error::LeaderChanged { .. })
+        matches!(
+            self,
+            Error::Timeout(_)
+                | Error::Shutdown
+                | Error::Fatal(_)
+                | Error::LeaderChanged { .. }
+                | Error::Rejected(crate::types::Rejection::SessionExpired { .. })
+        )
     }
 }

@@ -10,9 +10,30 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, LeaseId, Op, OpResponse, Rejection,
-    Request, Response, Txn, TxnResponse,
+    Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, LeaseId, Op, OpResponse, Proposal,
+    Rejection, Request, RequestId, Response, Txn, TxnResponse,
 };
+
+/// A session nobody used for this long (by the leaders' clocks in the log) is forgotten; a retry
+/// after that is answered `SessionExpired`. Far above how long any caller retries a write.
+pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+/// At most this many sessions are kept; past it the least recently used goes.
+pub const MAX_SESSIONS: usize = 4096;
+/// At most this many answers a client has not collected are kept per session; past it the
+/// oldest go (a retry of one of those is answered `SessionExpired`).
+pub const MAX_ANSWERS: usize = 4096;
+
+/// One client's session: the answers it may still ask for again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// Retries of numbers below this cannot be vouched for: the session began (or its answers
+    /// were forgotten) above them.
+    pub floor: u64,
+    /// The clock of the entry that last used the session.
+    pub last_ms: u64,
+    /// Answers by request number.
+    pub answers: BTreeMap<u64, Response>,
+}
 
 /// A key's value and counters as stored (the key itself is the map key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +76,8 @@ pub(crate) struct Lease {
 pub(crate) struct Changes {
     pub keys: BTreeSet<Vec<u8>>,
     pub leases: BTreeSet<LeaseId>,
+    /// Sessions created, changed or dropped.
+    pub sessions: BTreeSet<u64>,
     /// Every change in apply order; an event's revision is its `kv.mod_revision`.
     pub events: Vec<Event>,
 }
@@ -68,15 +91,21 @@ pub(crate) struct KvState {
     pub revision: u64,
     /// Watch history at and below this revision is gone.
     pub compacted: u64,
+    /// Client sessions, for writes applied exactly once.
+    pub sessions: BTreeMap<u64, Session>,
+    /// The latest leader clock seen in the log (never goes back, whatever the leaders' clocks do).
+    pub clock_ms: u64,
 }
 
 impl KvState {
-    /// Builds the state from stored keys and leases, deriving each lease's key set.
+    /// Builds the state from stored keys, leases and sessions, deriving each lease's key set.
     pub fn from_parts(
         kv: BTreeMap<Vec<u8>, StoredKv>,
         stored_leases: BTreeMap<LeaseId, StoredLease>,
+        sessions: BTreeMap<u64, Session>,
         revision: u64,
         compacted: u64,
+        clock_ms: u64,
     ) -> Self {
         let mut leases: BTreeMap<LeaseId, Lease> =
             stored_leases.into_iter().map(|(id, l)| (id, Lease { ttl_ms: l.ttl_ms, keys: BTreeSet::new() })).collect();
@@ -85,7 +114,7 @@ impl KvState {
                 lease.keys.insert(key.clone());
             }
         }
-        KvState { kv, leases, revision, compacted }
+        KvState { kv, leases, revision, compacted, sessions, clock_ms }
     }
 
     #[cfg(test)]
@@ -115,6 +144,76 @@ impl KvState {
             KeyRange::Prefix(p) => {
                 Box::new(self.kv.range::<Vec<u8>, _>(p.clone()..).take_while(move |(k, _)| k.starts_with(p)))
             }
+        }
+    }
+
+    /// Applies the proposal of the log entry at `index`: a request seen before in its client's
+    /// session gets its first answer and changes nothing; a retry the session cannot vouch for
+    /// is refused; anything else is applied and, with an id, its answer kept until the client
+    /// says it has it. Expiry uses the clock in the log only.
+    pub fn apply_proposal(&mut self, index: u64, p: &Proposal, retain: u64, changes: &mut Changes) -> Response {
+        self.clock_ms = self.clock_ms.max(p.at_ms);
+        if index.is_multiple_of(64) {
+            self.expire_sessions(changes);
+        }
+        let Some(id) = p.id else { return self.apply(index, &p.req, retain, changes) };
+        if let Some(answer) = self.seen(&id) {
+            return answer;
+        }
+        let resp = self.apply(index, &p.req, retain, changes);
+        self.remember(&id, &resp, changes);
+        resp
+    }
+
+    /// The answer to give `id` without applying it, if it is a request seen before or a retry
+    /// that cannot be vouched for.
+    fn seen(&self, id: &RequestId) -> Option<Response> {
+        let expired = Response::Rejected(Rejection::SessionExpired { client: id.client, seq: id.seq });
+        match self.sessions.get(&id.client) {
+            Some(s) => match s.answers.get(&id.seq) {
+                Some(answer) => Some(answer.clone()),
+                None if id.retry && id.seq < s.floor => Some(expired),
+                None => None,
+            },
+            None if id.retry => Some(expired),
+            None => None,
+        }
+    }
+
+    fn remember(&mut self, id: &RequestId, resp: &Response, changes: &mut Changes) {
+        let clock = self.clock_ms;
+        let session = self.sessions.entry(id.client).or_insert_with(|| Session { floor: id.seq, ..Default::default() });
+        session.last_ms = clock;
+        session.answers.insert(id.seq, resp.clone());
+        // What the client no longer waits for is forgotten; retries of it are refused.
+        session.answers = session.answers.split_off(&id.oldest_pending);
+        session.floor = session.floor.max(id.oldest_pending);
+        while session.answers.len() > MAX_ANSWERS {
+            if let Some((seq, _)) = session.answers.pop_first() {
+                session.floor = session.floor.max(seq + 1);
+            }
+        }
+        changes.sessions.insert(id.client);
+        if self.sessions.len() > MAX_SESSIONS {
+            let oldest = self.sessions.iter().filter(|(c, _)| **c != id.client).min_by_key(|(c, s)| (s.last_ms, **c));
+            if let Some((client, _)) = oldest.map(|(c, s)| (*c, s.last_ms)) {
+                self.sessions.remove(&client);
+                changes.sessions.insert(client);
+            }
+        }
+    }
+
+    fn expire_sessions(&mut self, changes: &mut Changes) {
+        let clock = self.clock_ms;
+        let expired: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| clock.saturating_sub(s.last_ms) > SESSION_TTL_MS)
+            .map(|(c, _)| *c)
+            .collect();
+        for client in expired {
+            self.sessions.remove(&client);
+            changes.sessions.insert(client);
         }
     }
 
@@ -193,11 +292,18 @@ impl KvState {
 
     fn compare_holds(&self, c: &Compare) -> bool {
         let cur = self.kv.get(&c.key);
+        let counter = |f: fn(&StoredKv) -> u64| cur.map_or(0, f);
         let ord = match &c.target {
-            CompareTarget::Value(v) => cur.map_or(&[][..], |s| s.value.as_slice()).cmp(v.as_slice()),
-            CompareTarget::Version(n) => cur.map_or(0, |s| s.version).cmp(n),
-            CompareTarget::CreateRevision(n) => cur.map_or(0, |s| s.create_revision).cmp(n),
-            CompareTarget::ModRevision(n) => cur.map_or(0, |s| s.mod_revision).cmp(n),
+            // As etcd: a missing key has no value to compare (an empty one is not the same), so
+            // every compare on its value fails.
+            CompareTarget::Value(v) => match cur {
+                None => return false,
+                Some(s) => s.value.as_slice().cmp(v.as_slice()),
+            },
+            // A missing key has version 0 and revisions 0: "create if absent".
+            CompareTarget::Version(n) => counter(|s| s.version).cmp(n),
+            CompareTarget::CreateRevision(n) => counter(|s| s.create_revision).cmp(n),
+            CompareTarget::ModRevision(n) => counter(|s| s.mod_revision).cmp(n),
         };
         match c.op {
             CompareOp::Equal => ord.is_eq(),

@@ -113,6 +113,19 @@ impl Router {
         self.lock().faults = Faults::default();
     }
 
+    /// `Err` if messages from `from` to `to` are blocked now.
+    fn reachable(&self, from: NodeId, to: NodeId) -> Result<(), TransportError> {
+        if self.lock().faults.blocked.contains(&(from, to)) {
+            return Err(TransportError::Unreachable(to, format!("partitioned from node {from}")));
+        }
+        Ok(())
+    }
+
+    /// Removes the one-way block from `from` to `to`.
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        self.lock().faults.blocked.remove(&(from, to));
+    }
+
     /// Decides the fate of one message: `Err` if it is lost, otherwise the delay to add.
     fn route(&self, from: NodeId, to: NodeId) -> Result<(Duration, Raft), TransportError> {
         let mut inner = self.lock();
@@ -150,6 +163,8 @@ impl RaftTransport for RouterTransport {
         let deliver = async {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+                // A message still on its way when a partition forms is lost with it.
+                self.router.reachable(self.from, target)?;
             }
             let reply =
                 serve_rpc(&raft, kind, &body, self.from).await.map_err(|e| TransportError::Failed(target, e))?;

@@ -22,7 +22,8 @@ use crate::storage::log::LogStore;
 use crate::storage::open_db;
 use crate::storage::sm::{SmShared, StateMachine};
 use crate::types::{
-    KeyRange, KeyValue, LeaseId, Member, NodeId, Op, OpResponse, Raft, Request, Response, Txn, TxnResponse,
+    KeyRange, KeyValue, LeaseId, Member, NodeId, Op, OpResponse, Proposal, Raft, Request, RequestId, Response, Txn,
+    TxnResponse,
 };
 use crate::watch::Watcher;
 
@@ -328,9 +329,17 @@ impl Store {
     }
 
     /// Proposes a raw request through the log (what `put`, `txn` and the lease calls build).
-    /// A node uses it to run a request that another member forwarded to it.
     pub async fn propose(&self, req: Request) -> Result<Response, Error> {
         self.write(req).await
+    }
+
+    /// Proposes `req` as request `id` of its client's session: applied once however often it
+    /// is proposed (a retry after a lost answer, a copy sent twice), every copy answered with
+    /// the first one's result. So a caller may send it again after any failure, to any leader,
+    /// with `id.retry` set: `NotLeader` here never means "applied twice if retried". A node
+    /// uses it to run a write another member forwarded to it.
+    pub async fn propose_once(&self, req: Request, id: RequestId) -> Result<Response, Error> {
+        self.write_proposal(req, Some(id)).await
     }
 
     /// Reads keys from this member's state machine without waiting: for hot paths that accept a
@@ -342,16 +351,39 @@ impl Store {
     }
 
     async fn write(&self, req: Request) -> Result<Response, Error> {
+        self.write_proposal(req, None).await
+    }
+
+    async fn write_proposal(&self, req: Request, id: Option<RequestId>) -> Result<Response, Error> {
         let timeout = self.inner.request_timeout;
-        let resp = tokio::time::timeout(timeout, self.inner.raft.client_write(req))
+        let leader = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone())))
+        };
+        // Not the leader: nothing is proposed, and the caller may go to the leader.
+        {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            if m.state != openraft::ServerState::Leader {
+                return Err(Error::NotLeader { leader: leader(&m) });
+            }
+        }
+        // The leader's clock travels in the entry: it is the state machine's only clock.
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let proposal = Proposal { req, id, at_ms };
+        let resp = tokio::time::timeout(timeout, self.inner.raft.client_write(proposal))
             .await
             .map_err(|_| Error::Timeout(timeout))?
             .map_err(|e| match e {
-                // openraft answers ForwardToLeader for a proposed entry only when the entry was
-                // truncated, so this error means the write did not and will not happen.
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    Error::NotLeader { leader: f.leader_id.zip(f.leader_node) }
-                }
+                // Proposed as leader, then answered ForwardToLeader: the entry was truncated here
+                // because this member lost its leadership. It may still be committed by a new
+                // leader that has it (with five voters it can). With an id that is harmless, a
+                // retry is answered, not applied again; without one the outcome is unknown.
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match id {
+                    Some(_) => Error::NotLeader { leader: f.leader_id.zip(f.leader_node) },
+                    None => Error::LeaderChanged { from: self.inner.id },
+                },
                 RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::InvalidRequest(e.to_string()),
                 RaftError::Fatal(f) => fatal(f),
             })?;

@@ -18,7 +18,7 @@ pub type LeaseId = u64;
 openraft::declare_raft_types!(
     /// The openraft type configuration of the HSU store.
     pub TypeConfig:
-        D = Request,
+        D = Proposal,
         R = Response,
         NodeId = NodeId,
         Node = Member,
@@ -67,6 +67,34 @@ pub struct KeyValue {
     pub version: u64,
     /// The lease it is attached to, or 0.
     pub lease: LeaseId,
+}
+
+/// What a log entry carries: the request, who sent it (so that a retry is answered rather than
+/// applied again), and the leader's clock when it proposed it (the state machine's only clock:
+/// session expiry is decided by it, the same way on every member).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub req: Request,
+    pub id: Option<RequestId>,
+    /// Milliseconds since the Unix epoch on the proposing leader.
+    pub at_ms: u64,
+}
+
+/// A write's identity within its client's session (Raft dissertation §6.3): the state machine
+/// keeps the answer of every request of a client that the client may still be waiting for, and
+/// answers a request it has seen with that answer instead of applying it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Chosen at random by the client (a node process) when it starts: one session per client.
+    pub client: u64,
+    /// The client's numbering of its requests, from 1, each number used for one request.
+    pub seq: u64,
+    /// The lowest number the client is still waiting on when it sends this: answers below it
+    /// are forgotten.
+    pub oldest_pending: u64,
+    /// True when the client may have sent this request before. A retry the session cannot
+    /// vouch for (the session expired meanwhile) is refused as indeterminate, never applied.
+    pub retry: bool,
 }
 
 /// A request that goes through the Raft log.
@@ -174,6 +202,11 @@ pub enum Rejection {
     LeaseExists(LeaseId),
     #[error("cannot compact to revision {requested}: the store is at revision {current}")]
     FutureRevision { requested: u64, current: u64 },
+    /// A retry whose earlier attempt the store can no longer vouch for: the client's session
+    /// expired (or the answer was already collected). Whether that attempt was applied is not
+    /// known.
+    #[error("request {seq} of client {client:#x} was retried after its session expired; it may or may not have been applied")]
+    SessionExpired { client: u64, seq: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,7 +109,7 @@ pub fn allowed(caller: Caller, ask: &Ask<'_>) -> Result<(), String> {
         Ask::Logs => matches!(role, Voter | Learner),
         Ask::OwnInstances => role == Agent,
         Ask::Peer(req) => match req {
-            PeerRequest::Propose(_)
+            PeerRequest::Propose { .. }
             | PeerRequest::Range { .. }
             | PeerRequest::KeepAlive(_)
             | PeerRequest::Join(_)

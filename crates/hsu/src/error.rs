@@ -27,7 +27,13 @@ pub enum NodeError {
     Departed(String),
 }
 
-/// The gRPC status for a store error: what the client can act on gets a specific code.
+/// The metadata key every error of a store call carries: whether the request certainly had no
+/// effect (`not-applied`: safe to send again) or may have (`unknown`). Clients decide from it,
+/// never from the message text.
+pub const OUTCOME_KEY: &str = "hsu-outcome";
+
+/// The gRPC status for a store error: what the client can act on gets a specific code, and
+/// [`OUTCOME_KEY`] says whether a write may have taken effect.
 pub fn status_of(e: StoreError) -> tonic::Status {
     use tonic::Code;
     let code = match &e {
@@ -41,7 +47,16 @@ pub fn status_of(e: StoreError) -> tonic::Status {
         StoreError::InvalidRequest(_) => Code::InvalidArgument,
         StoreError::Fatal(_) => Code::Internal,
     };
-    tonic::Status::new(code, e.to_string())
+    let outcome = if e.is_indeterminate() { "unknown" } else { "not-applied" };
+    let mut status = tonic::Status::new(code, e.to_string());
+    status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static(outcome));
+    status
+}
+
+/// A refusal before anything reached the store: certainly not applied.
+fn refused(mut status: tonic::Status) -> tonic::Status {
+    status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static("not-applied"));
+    status
 }
 
 impl From<NodeError> for tonic::Status {
@@ -61,10 +76,10 @@ impl From<crate::peer::PeerError> for tonic::Status {
         use crate::peer::PeerError;
         match e {
             PeerError::Store(s) => status_of(s),
-            PeerError::Denied(m) => tonic::Status::permission_denied(m),
-            PeerError::Invalid(m) => tonic::Status::invalid_argument(m),
-            PeerError::NotFound(m) => tonic::Status::not_found(format!("{m} not found")),
-            PeerError::WrongNode(m) => tonic::Status::failed_precondition(m),
+            PeerError::Denied(m) => refused(tonic::Status::permission_denied(m)),
+            PeerError::Invalid(m) => refused(tonic::Status::invalid_argument(m)),
+            PeerError::NotFound(m) => refused(tonic::Status::not_found(format!("{m} not found"))),
+            PeerError::WrongNode(m) => refused(tonic::Status::failed_precondition(m)),
         }
     }
 }

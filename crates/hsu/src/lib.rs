@@ -15,6 +15,7 @@ pub mod node;
 pub mod peer;
 pub mod records;
 pub mod removal;
+mod session;
 mod units;
 
 pub use error::NodeError;

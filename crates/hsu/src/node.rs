@@ -101,6 +101,8 @@ struct Inner {
     dir: std::path::PathBuf,
     /// Set when this node left or was removed from the cluster.
     removal: Removal,
+    /// This process's session for writes applied exactly once.
+    session: crate::session::ClientSession,
     ca_fingerprint: [u8; 32],
     store: Store,
     endpoint: Endpoint,
@@ -167,6 +169,7 @@ impl Node {
                 ca_key: std::sync::Mutex::new(pki.ca_key_pem.clone()),
                 dir: dir.root().to_path_buf(),
                 removal: Removal::default(),
+                session: crate::session::ClientSession::new(),
                 pki,
                 store,
                 endpoint,
@@ -375,7 +378,7 @@ impl Node {
 
     /// Runs `req` on the leader: here when this node leads, else over QUIC. Retries while there
     /// is no leader or the leader moved, until the request timeout.
-    pub async fn leader_call(&self, req: PeerRequest) -> Result<PeerReply, PeerError> {
+    pub async fn leader_call(&self, mut req: PeerRequest) -> Result<PeerReply, PeerError> {
         // What the leader would refuse from this node is refused here, saying where to go.
         if let Err(refusal) = authz::allowed(Caller { id: self.id(), role: self.own_role() }, &Ask::Peer(&req)) {
             return Err(PeerError::WrongNode(format!("{refusal}; {}", self.voter_hint())));
@@ -389,6 +392,9 @@ impl Node {
         // hears from no leader until the leader learns its new address, so it asks the others.
         let mut hint: Option<(NodeId, Member)> = None;
         let mut probe = 0usize;
+        // Whether some attempt may have reached a leader: then running out of time is an
+        // unknown outcome, not "not done", however the last attempt failed.
+        let mut maybe_sent = false;
         loop {
             let (leader, member) = {
                 let m = self.store().raft().metrics();
@@ -415,17 +421,26 @@ impl Node {
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = req.clone();
+            // Every later attempt says it may be a copy (what the session needs to refuse a copy
+            // it cannot vouch for instead of applying it).
+            req.mark_retry();
             let result = match (leader, member) {
-                (Some(l), _) if l == self.id() => self.handle_peer(req.clone()).await,
+                (Some(l), _) if l == self.id() => {
+                    maybe_sent = true;
+                    self.handle_peer(attempt).await
+                }
                 (Some(l), Some(member)) => {
+                    let req = attempt;
                     // A leader that died does not answer until the timeout; once another leader is
                     // known, waiting longer for this one serves nobody.
                     let call = tokio::select! {
                         r = call_peer(&self.inner.endpoint, l, &member.addr, &req, remaining) => Some(r),
                         () = self.leader_replaced(l) => None,
                     };
+                    maybe_sent |= !matches!(call, Some(Err(PeerCallError::NotSent(_))));
                     match call {
-                        None if req.is_idempotent() => {
+                        None if req.safe_to_resend() => {
                             Err(Error::Unavailable(format!("leader {l} was replaced during the request")).into())
                         }
                         // It may have reached the old leader and may still commit: the outcome is unknown.
@@ -436,7 +451,7 @@ impl Node {
                             Err(Error::Unavailable(format!("leader {l} unreachable: {e}")).into())
                         }
                         Some(Err(PeerCallError::Unknown(e))) => {
-                            if req.is_idempotent() {
+                            if req.safe_to_resend() {
                                 Err(Error::Unavailable(format!("leader {l}: {e}")).into())
                             } else {
                                 // The leader may have acted on it: say so rather than retry.
@@ -455,6 +470,11 @@ impl Node {
                 Err(PeerError::Store(Error::Unavailable(_))) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                Err(PeerError::Store(Error::NotLeader { .. } | Error::Unavailable(_)))
+                    if maybe_sent && matches!(req, PeerRequest::Propose { .. }) =>
+                {
+                    return Err(Error::Timeout(timeout).into())
+                }
                 other => return other,
             }
         }
@@ -471,7 +491,10 @@ impl Node {
     /// Handles a request another node (or this one) routed here.
     pub async fn handle_peer(&self, req: PeerRequest) -> Result<PeerReply, PeerError> {
         match req {
-            PeerRequest::Propose(r) => Ok(PeerReply::Response(self.store().propose(r).await?)),
+            PeerRequest::Propose { req, id: Some(id) } => {
+                Ok(PeerReply::Response(self.store().propose_once(req, id).await?))
+            }
+            PeerRequest::Propose { req, id: None } => Ok(PeerReply::Response(self.store().propose(req).await?)),
             PeerRequest::Range { range, limit } => {
                 Ok(PeerReply::Range(self.store().range(range, limit, Consistency::Linearizable).await?))
             }
@@ -530,7 +553,10 @@ impl Node {
     // ----- the KV API, routed -----
 
     pub async fn propose(&self, req: Request) -> Result<Response, PeerError> {
-        match self.leader_call(PeerRequest::Propose(req)).await? {
+        let id = self.inner.session.begin();
+        let reply = self.leader_call(PeerRequest::Propose { req, id: Some(id) }).await;
+        self.inner.session.end(id.seq);
+        match reply? {
             PeerReply::Response(r) => Ok(r),
             other => Err(unexpected(other)),
         }

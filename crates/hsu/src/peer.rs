@@ -13,7 +13,8 @@ use hsu_model::{decode_record, encode_record, NodeId};
 use hsu_net::pki::{identity_of, Identity};
 use hsu_net::quic::{Endpoint, Handler, NetError, Peer};
 use hsu_store::{
-    serve_rpc, Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, Response, RpcKind, TransportError,
+    serve_rpc, Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, RequestId, Response, RpcKind,
+    TransportError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -39,7 +40,12 @@ pub fn node_server_name(id: NodeId) -> String {
 /// What a node asks of the leader (or, for `Health`, of any member).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
-    Propose(Request),
+    /// A write, with its request id in the sending node's session: applied once however often
+    /// it is sent (`None` only from tests and tools that speak the protocol by hand).
+    Propose {
+        req: Request,
+        id: Option<RequestId>,
+    },
     Range {
         range: KeyRange,
         limit: u64,
@@ -72,7 +78,7 @@ impl PeerRequest {
     /// The request's name, for refusals and logs.
     pub fn name(&self) -> &'static str {
         match self {
-            PeerRequest::Propose(_) => "Propose",
+            PeerRequest::Propose { .. } => "Propose",
             PeerRequest::Range { .. } => "Range",
             PeerRequest::KeepAlive(_) => "KeepAlive",
             PeerRequest::Join(_) => "Join",
@@ -86,9 +92,25 @@ impl PeerRequest {
         }
     }
 
-    /// Reads: safe to send again, or to another leader, when the outcome of a call is unknown.
-    pub fn is_idempotent(&self) -> bool {
-        matches!(self, PeerRequest::Range { .. } | PeerRequest::Health | PeerRequest::Report(_) | PeerRequest::Reports)
+    /// Safe to send again, or to another leader, when the outcome of a call is unknown: reads,
+    /// and writes that carry a request id (the leader answers a copy instead of applying it).
+    pub fn safe_to_resend(&self) -> bool {
+        match self {
+            PeerRequest::Range { .. }
+            | PeerRequest::Health
+            | PeerRequest::Report(_)
+            | PeerRequest::Reports
+            | PeerRequest::FetchCaKey => true,
+            PeerRequest::Propose { id, .. } => id.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Marks a write as possibly sent before, for the next attempt.
+    pub fn mark_retry(&mut self) {
+        if let PeerRequest::Propose { id: Some(id), .. } = self {
+            id.retry = true;
+        }
     }
 }
 
@@ -240,7 +262,7 @@ pub async fn call_peer(
     let body = encode_record(req).map_err(|e| PeerCallError::NotSent(NetError::Protocol(e.to_string())))?;
     // A request with side effects must reach the leader at most once: if the connection dies
     // after it was written, the answer is "unknown", never a second copy.
-    let call = if req.is_idempotent() {
+    let call = if req.safe_to_resend() {
         endpoint.call(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
     } else {
         endpoint.call_once(addr, &node_server_name(id), METHOD_PEER, &body, timeout).await
@@ -338,6 +360,14 @@ impl Handler for PeerHandler {
                     Ok(()) if matches!(req, PeerRequest::Report(_)) && !node.is_leader() => node.leader_call(req).await,
                     Ok(()) => node.handle_peer(req).await,
                 };
+                #[cfg(feature = "failpoints")]
+                if matches!(reply, Ok(PeerReply::Response(_))) {
+                    // The write is done; its answer is lost on the way, as with a dead connection.
+                    let name = format!("peer-reply-drop-{}", node.state().listen.port());
+                    if fail::eval(&name, |_| ()).is_some() {
+                        return Err("the reply was dropped (failpoint)".into());
+                    }
+                }
                 return encode_record(&reply).map_err(|e| e.to_string());
             }
             other => return Err(format!("unknown method {other}")),

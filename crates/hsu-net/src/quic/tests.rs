@@ -454,9 +454,9 @@ async fn oversized_frames_are_refused_and_the_connection_survives() {
     assert_eq!(handler.calls(), 1, "the handler must never see oversized requests");
     assert_eq!(client.stats().dialled, 1, "the connection must survive");
 
-    // A reply over the server's own limit is replaced by an error.
+    // A reply over the server's own limit is replaced by an error that says the request ran.
     let err = client.call(addr, "node-1.hsu", BIG, &2000u32.to_be_bytes(), LONG).await.unwrap_err();
-    assert!(matches!(err, NetError::FrameTooLarge { declared: 2001, max: 1024 }), "{err:?}");
+    assert!(matches!(err, NetError::ReplyTooLarge { declared: 2001, max: 1024 }), "{err:?}");
 
     // The caller's limits: a request over them is refused without dialling, a reply over them
     // is refused after its header.
@@ -466,7 +466,7 @@ async fn oversized_frames_are_refused_and_the_connection_survives() {
     assert!(matches!(err, NetError::FrameTooLarge { declared: 2003, max: 1024 }), "{err:?}");
     assert_eq!(small_client.stats().dialled, 0);
     let err = small_client.call(lax.local_addr(), "node-1.hsu", BIG, &2000u32.to_be_bytes(), LONG).await.unwrap_err();
-    assert!(matches!(err, NetError::FrameTooLarge { declared: 2001, max: 1024 }), "{err:?}");
+    assert!(matches!(err, NetError::ReplyTooLarge { declared: 2001, max: 1024 }), "{err:?}");
     let reply = small_client.call(lax.local_addr(), "node-1.hsu", ECHO, b"ok", LONG).await.unwrap();
     assert_eq!(reply, b"ok");
     assert_eq!(small_client.stats().dialled, 1);
@@ -799,6 +799,9 @@ fn request_and_reply_codecs() {
         decode_reply(too_large_status(5, 4).to_vec()),
         Err(NetError::FrameTooLarge { declared: 5, max: 4 })
     ));
+    let mut reply_too_large = too_large_status(5, 4);
+    reply_too_large[0] = STATUS_REPLY_TOO_LARGE;
+    assert!(matches!(decode_reply(reply_too_large.to_vec()), Err(NetError::ReplyTooLarge { declared: 5, max: 4 })));
     assert!(matches!(decode_reply(vec![STATUS_TOO_LARGE, 1]), Err(NetError::Protocol(_))));
     assert!(matches!(decode_reply(vec![]), Err(NetError::Protocol(_))));
     assert!(matches!(decode_reply(vec![99]), Err(NetError::Protocol(_))));

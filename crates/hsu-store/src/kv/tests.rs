@@ -50,7 +50,11 @@ fn compares_on_every_target() {
         // A missing key has version 0 and revisions 0: "create if absent".
         (cmp("missing", CompareTarget::Version(0), CompareOp::Equal), true),
         (cmp("missing", CompareTarget::ModRevision(0), CompareOp::Equal), true),
-        (cmp("missing", CompareTarget::Value(vec![]), CompareOp::Equal), true),
+        // A compare on the value of a missing key fails whatever the operand, as in etcd: an
+        // empty value and no value are not the same.
+        (cmp("missing", CompareTarget::Value(vec![]), CompareOp::Equal), false),
+        (cmp("missing", CompareTarget::Value(vec![]), CompareOp::NotEqual), false),
+        (cmp("missing", CompareTarget::Value("x".into()), CompareOp::Less), false),
     ];
     for (c, want) in cases {
         assert_eq!(s.compare_holds(&c), want, "{c:?}");
@@ -171,6 +175,111 @@ fn lease_index_is_derived_on_load() {
         ],
     );
     let leases = s.leases.iter().map(|(id, l)| (*id, StoredLease { ttl_ms: l.ttl_ms })).collect();
-    let loaded = KvState::from_parts(s.kv.clone(), leases, s.revision, s.compacted);
+    let loaded = KvState::from_parts(s.kv.clone(), leases, s.sessions.clone(), s.revision, s.compacted, s.clock_ms);
     assert_eq!(loaded, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions: writes applied exactly once
+
+/// A counter increment by compare-and-swap: what a duplicate would break (the first copy
+/// succeeds, a second copy fails its compare, and a client told "failed" increments again).
+fn increment(from: u64) -> Request {
+    let value = |n: u64| n.to_string().into_bytes();
+    Request::Txn(Txn {
+        compare: vec![match from {
+            0 => cmp("counter", CompareTarget::Version(0), CompareOp::Equal),
+            n => cmp("counter", CompareTarget::Value(value(n)), CompareOp::Equal),
+        }],
+        success: vec![Op::Put { key: "counter".into(), value: value(from + 1), lease: 0 }],
+        failure: vec![],
+    })
+}
+
+fn id(client: u64, seq: u64, oldest_pending: u64, retry: bool) -> Option<RequestId> {
+    Some(RequestId { client, seq, oldest_pending, retry })
+}
+
+/// Applies proposals at consecutive indexes (each at clock `at_ms`) and returns the answers.
+fn propose(state: &mut KvState, at_ms: u64, items: &[(Request, Option<RequestId>)]) -> Vec<Response> {
+    let start = state.revision.max(state.compacted) + 1;
+    let mut changes = Changes::default();
+    items
+        .iter()
+        .zip(start..)
+        .map(|((req, id), i)| state.apply_proposal(i, &Proposal { req: req.clone(), id: *id, at_ms }, 0, &mut changes))
+        .collect()
+}
+
+fn succeeded(r: &Response) -> bool {
+    matches!(r, Response::Txn(t) if t.succeeded)
+}
+
+#[test]
+fn a_request_seen_before_gets_its_first_answer_and_changes_nothing() {
+    let mut s = KvState::default();
+    let out = propose(&mut s, 1_000, &[(increment(0), id(7, 1, 1, false)), (increment(0), id(7, 1, 1, true))]);
+    assert!(succeeded(&out[0]));
+    assert_eq!(out[1], out[0], "the copy is answered with the first result");
+    assert_eq!(s.get(b"counter").unwrap().value, b"1", "applied once");
+    let revision = s.revision;
+    // Even a copy that says it is a first attempt (a frame sent twice by the network).
+    let again = propose(&mut s, 1_000, &[(increment(0), id(7, 1, 1, false))]);
+    assert_eq!(again[0], out[0]);
+    assert_eq!(s.revision, revision, "nothing was applied");
+    // Without an id the same request is applied again, and its compare fails.
+    let plain = propose(&mut s, 1_000, &[(increment(0), None)]);
+    assert!(!succeeded(&plain[0]));
+}
+
+#[test]
+fn answers_are_kept_until_the_client_stops_waiting_for_them() {
+    let mut s = KvState::default();
+    // Requests 1 and 2 in flight at once; 3 is sent once the client has 1's answer.
+    propose(
+        &mut s,
+        1_000,
+        &[(increment(0), id(7, 1, 1, false)), (increment(1), id(7, 2, 1, false)), (increment(2), id(7, 3, 2, false))],
+    );
+    let session = &s.sessions[&7];
+    assert_eq!(session.answers.keys().copied().collect::<Vec<_>>(), [2, 3], "1's answer was collected");
+    // A retry of 2 is still answered; one of 1 cannot be vouched for any more.
+    let out = propose(&mut s, 1_000, &[(increment(1), id(7, 2, 2, true)), (increment(0), id(7, 1, 2, true))]);
+    assert!(succeeded(&out[0]));
+    assert_eq!(out[1], Response::Rejected(Rejection::SessionExpired { client: 7, seq: 1 }));
+    assert_eq!(s.get(b"counter").unwrap().value, b"3");
+}
+
+#[test]
+fn a_retry_after_the_session_expired_is_refused_not_applied() {
+    let mut s = KvState::default();
+    propose(&mut s, 1_000, &[(increment(0), id(7, 1, 1, false))]);
+    // Other clients' writes move the log's clock past the TTL; expiry runs every 64 entries.
+    let later = 1_000 + SESSION_TTL_MS + 1;
+    let filler: Vec<(Request, Option<RequestId>)> =
+        (0..64).map(|i| (txn(vec![put(&format!("f{i}"), "x")]), None)).collect();
+    propose(&mut s, later, &filler);
+    assert!(!s.sessions.contains_key(&7), "the idle session expired");
+    let out = propose(&mut s, later, &[(increment(0), id(7, 1, 1, true))]);
+    assert_eq!(out[0], Response::Rejected(Rejection::SessionExpired { client: 7, seq: 1 }));
+    assert_eq!(s.get(b"counter").unwrap().value, b"1", "the retry was not applied");
+    // A first attempt of a new number starts a new session; a retry below it is refused.
+    let out = propose(&mut s, later, &[(increment(1), id(7, 5, 5, false)), (increment(2), id(7, 4, 4, true))]);
+    assert!(succeeded(&out[0]));
+    assert_eq!(out[1], Response::Rejected(Rejection::SessionExpired { client: 7, seq: 4 }));
+    // A first attempt below it (sent concurrently, arrived late) is applied.
+    let out = propose(&mut s, later, &[(increment(2), id(7, 4, 4, false))]);
+    assert!(succeeded(&out[0]));
+}
+
+#[test]
+fn sessions_are_bounded_and_the_clock_never_goes_back() {
+    let mut s = KvState::default();
+    let items: Vec<(Request, Option<RequestId>)> =
+        (0..(MAX_SESSIONS as u64 + 10)).map(|c| (txn(vec![put("k", "v")]), id(c + 1, 1, 1, false))).collect();
+    propose(&mut s, 5_000, &items);
+    assert_eq!(s.sessions.len(), MAX_SESSIONS);
+    // A leader whose clock is behind does not move the log's clock back.
+    propose(&mut s, 10, &[(txn(vec![put("k", "w")]), None)]);
+    assert_eq!(s.clock_ms, 5_000);
 }

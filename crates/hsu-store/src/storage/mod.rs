@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::OpenError;
 
-/// The data format this build writes and reads.
-pub const DATA_VERSION: &str = "hsu-store/1";
+/// The data format this build writes and reads. 2: log entries carry proposals (request id and
+/// leader clock) and the state machine keeps client sessions.
+pub const DATA_VERSION: &str = "hsu-store/2";
 
 const VERSION_FILE: &str = "VERSION";
 const SLED_DIR: &str = "sled";

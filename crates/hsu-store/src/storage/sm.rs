@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{be, show_key};
 use crate::error::{Error, OpenError};
-use crate::kv::{Changes, KvState, StoredKv, StoredLease};
+use crate::kv::{Changes, KvState, Session, StoredKv, StoredLease};
 use crate::types::{Event, KeyRange, LogId, Member, NodeId, Response, StoredMembership, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -34,10 +34,12 @@ const SNAPSHOT: &[u8] = b"snapshot";
 const KV: u8 = b'k';
 const LEASE: u8 = b'l';
 const EVENT: u8 = b'e';
+const SESSION: u8 = b's';
 const META_APPLIED: &[u8] = b"m:applied";
 const META_MEMBERSHIP: &[u8] = b"m:membership";
 const META_REVISION: &[u8] = b"m:revision";
 const META_COMPACTED: &[u8] = b"m:compacted";
+const META_CLOCK: &[u8] = b"m:clock";
 
 fn data_tree_name(gen: u64) -> String {
     format!("sm.{gen}")
@@ -65,6 +67,10 @@ struct SnapshotPayload {
     compacted: u64,
     kv: BTreeMap<Vec<u8>, StoredKv>,
     leases: BTreeMap<u64, StoredLease>,
+    /// Client sessions: without them a retry that reaches a member restored from this snapshot
+    /// would be applied twice.
+    sessions: BTreeMap<u64, Session>,
+    clock_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,7 +129,9 @@ impl SmShared {
 
         let mut kv = BTreeMap::new();
         let mut leases = BTreeMap::new();
+        let mut sessions = BTreeMap::new();
         let (mut last_applied, mut membership, mut revision, mut compacted) = (None, StoredMembership::default(), 0, 0);
+        let mut clock_ms = 0;
         for item in tree.iter() {
             let (k, v) = item.map_err(engine)?;
             let err = corrupt(tree_label, &k);
@@ -141,11 +149,19 @@ impl SmShared {
                 Some(&EVENT) => {
                     decode_record::<Event>(&v).map_err(err)?;
                 }
+                Some(&SESSION) => {
+                    let client = super::from_be(&k[1..]).ok_or_else(|| OpenError::Inconsistent {
+                        tree: tree_label,
+                        detail: format!("session key {} is not a client id", show_key(&k)),
+                    })?;
+                    sessions.insert(client, decode_record::<Session>(&v).map_err(err)?);
+                }
                 _ => match &*k {
                     META_APPLIED => last_applied = decode_record(&v).map_err(err)?,
                     META_MEMBERSHIP => membership = decode_record(&v).map_err(err)?,
                     META_REVISION => revision = decode_record(&v).map_err(err)?,
                     META_COMPACTED => compacted = decode_record(&v).map_err(err)?,
+                    META_CLOCK => clock_ms = decode_record(&v).map_err(err)?,
                     _ => {
                         return Err(OpenError::Inconsistent {
                             tree: tree_label,
@@ -162,7 +178,7 @@ impl SmShared {
             inner: RwLock::new(SmInner {
                 gen,
                 tree,
-                state: KvState::from_parts(kv, leases, revision, compacted),
+                state: KvState::from_parts(kv, leases, sessions, revision, compacted, clock_ms),
                 last_applied,
                 membership,
             }),
@@ -237,7 +253,9 @@ impl SmShared {
             inner.last_applied = Some(entry.log_id);
             responses.push(match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => inner.state.apply(entry.log_id.index, &req, self.retain, &mut changes),
+                EntryPayload::Normal(p) => {
+                    inner.state.apply_proposal(entry.log_id.index, &p, self.retain, &mut changes)
+                }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None
@@ -260,6 +278,13 @@ impl SmShared {
                 None => batch.remove(k),
             }
         }
+        for client in &changes.sessions {
+            let k = prefixed(SESSION, &be(*client));
+            match inner.state.sessions.get(client) {
+                Some(s) => batch.insert(k, enc(s)?),
+                None => batch.remove(k),
+            }
+        }
         let mut seq = 0u32;
         let mut last_rev = 0;
         for event in &changes.events {
@@ -278,6 +303,7 @@ impl SmShared {
         batch.insert(META_MEMBERSHIP, enc(&inner.membership)?);
         batch.insert(META_REVISION, enc(&inner.state.revision)?);
         batch.insert(META_COMPACTED, enc(&inner.state.compacted)?);
+        batch.insert(META_CLOCK, enc(&inner.state.clock_ms)?);
         // Written under the lock so that a snapshot, which is built from the in-memory state under
         // the same lock and then flushes sled, never describes state that sled does not yet hold.
         inner.tree.apply_batch(batch).map_err(|e| write_err(&e))?;
@@ -296,6 +322,8 @@ impl SmShared {
             compacted: inner.state.compacted,
             kv: inner.state.kv.clone(),
             leases: inner.state.leases.iter().map(|(id, l)| (*id, StoredLease { ttl_ms: l.ttl_ms })).collect(),
+            sessions: inner.state.sessions.clone(),
+            clock_ms: inner.state.clock_ms,
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let meta = SnapshotMeta {
@@ -330,12 +358,16 @@ impl SmShared {
         for (id, l) in &payload.leases {
             batch.insert(prefixed(LEASE, &be(*id)), enc(l)?);
         }
+        for (client, session) in &payload.sessions {
+            batch.insert(prefixed(SESSION, &be(*client)), enc(session)?);
+        }
         // History before the snapshot is not part of it: watchers from earlier revisions re-list.
         let compacted = payload.compacted.max(payload.last_applied.map_or(0, |l| l.index));
         batch.insert(META_APPLIED, enc(&payload.last_applied)?);
         batch.insert(META_MEMBERSHIP, enc(&payload.membership)?);
         batch.insert(META_REVISION, enc(&payload.revision)?);
         batch.insert(META_COMPACTED, enc(&compacted)?);
+        batch.insert(META_CLOCK, enc(&payload.clock_ms)?);
         tree.apply_batch(batch).map_err(e)?;
         self.db.flush().map_err(e)?;
         self.root.insert(GEN, enc(&gen)?).map_err(e)?;
@@ -348,7 +380,14 @@ impl SmShared {
             *inner = SmInner {
                 gen,
                 tree,
-                state: KvState::from_parts(payload.kv, payload.leases, payload.revision, compacted),
+                state: KvState::from_parts(
+                    payload.kv,
+                    payload.leases,
+                    payload.sessions,
+                    payload.revision,
+                    compacted,
+                    payload.clock_ms,
+                ),
                 last_applied: payload.last_applied,
                 membership: payload.membership,
             };

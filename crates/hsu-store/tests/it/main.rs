@@ -10,6 +10,7 @@ mod t30_partition;
 mod t40_restart;
 mod t50_snapshot_membership;
 mod t60_cas;
+mod t65_exactly_once;
 mod t70_watch;
 mod t80_lease;
 mod t90_corruption;

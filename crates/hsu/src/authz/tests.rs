@@ -22,7 +22,7 @@ fn requests() -> Vec<(&'static str, Ask<'static>)> {
     };
     vec![
         ("raft", Ask::Raft),
-        ("propose", Ask::Peer(leak(PeerRequest::Propose(Request::Txn(Txn::default()))))),
+        ("propose", Ask::Peer(leak(PeerRequest::Propose { req: Request::Txn(Txn::default()), id: None }))),
         ("range", Ask::Peer(leak(PeerRequest::Range { range: KeyRange::Prefix(vec![]), limit: 0 }))),
         ("keepalive", Ask::Peer(leak(PeerRequest::KeepAlive(1)))),
         ("join", Ask::Peer(leak(PeerRequest::Join(ticket)))),

@@ -293,8 +293,8 @@ pub async fn peer_call(
 
 /// The request a node forwards to the leader to write `key`.
 pub fn put_request(key: &[u8], value: Vec<u8>) -> PeerRequest {
-    PeerRequest::Propose(Request::Txn(Txn {
-        success: vec![Op::Put { key: key.to_vec(), value, lease: 0 }],
-        ..Txn::default()
-    }))
+    PeerRequest::Propose {
+        req: Request::Txn(Txn { success: vec![Op::Put { key: key.to_vec(), value, lease: 0 }], ..Txn::default() }),
+        id: None,
+    }
 }

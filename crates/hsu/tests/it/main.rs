@@ -11,3 +11,6 @@ mod t30_removed_node;
 mod t40_api_auth;
 mod t50_oversized_input;
 mod t60_node_authorization;
+// Needs the `failpoints` feature: `cargo test -p hsu --features failpoints --test it` (.ci/run).
+#[cfg(feature = "failpoints")]
+mod t70_exactly_once;
