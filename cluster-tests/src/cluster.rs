@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use hsu::client::{self, ClientConfig, Cluster as ClusterClient, Kv};
 use hsu_proto::v1 as pb;
 
+use crate::lazyfs::LazyFs;
 use crate::net::{self, Host, Net};
 
 pub const QUIC_PORT: u16 = 7000;
@@ -35,6 +36,8 @@ pub struct Spec {
     pub timing: Timing,
     /// FAILPOINTS given to every node from the start (e.g. `quic-send=return(50)`).
     pub failpoints: Option<&'static str>,
+    /// Every node's data directory on its own [`LazyFs`], so that a power cut can be simulated.
+    pub lazy_disks: bool,
 }
 
 /// One node: its host, data directory and process.
@@ -47,6 +50,8 @@ pub struct Node {
     pub paused: bool,
     /// FAILPOINTS of this node's current process, if any.
     pub failpoints: Option<String>,
+    /// The lazy filesystem its data directory is on (`Spec::lazy_disks`).
+    pub disk: Option<LazyFs>,
 }
 
 impl Node {
@@ -109,6 +114,8 @@ pub struct Cluster {
     pub spec: Spec,
     root: PathBuf,
     hsu: PathBuf,
+    /// Arguments every node gets (`--unsafe-no-fsync` for the run that shows t90 can fail).
+    extra_args: Vec<String>,
     /// Where to copy the node logs when the cluster is dropped (set when a scenario fails).
     pub keep_logs: Option<PathBuf>,
 }
@@ -122,27 +129,40 @@ pub fn data_root() -> PathBuf {
 impl Cluster {
     /// Creates the hosts and starts `spec.initial` nodes: init on h1, join on the others, each
     /// join waited for until the node is a member.
-    pub async fn start(spec: Spec, hsu: &Path) -> Result<Cluster> {
+    pub async fn start(spec: Spec, hsu: &Path, extra_args: &[String]) -> Result<Cluster> {
         let root = data_root();
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
         let net = Net::create(spec.hosts)?;
         crate::nft::setup(&net.hosts)?;
         net.wait_reachable(Duration::from_secs(10))?;
-        let nodes = net
-            .hosts
-            .iter()
-            .map(|h| Node {
+        let mut nodes = Vec::new();
+        for h in &net.hosts {
+            let dir = root.join(&h.name);
+            let disk = match spec.lazy_disks {
+                true => Some(LazyFs::mount(&root.join(format!("{}.disk", h.name)), &dir)?),
+                false => None,
+            };
+            nodes.push(Node {
                 host: h.clone(),
-                dir: root.join(&h.name),
+                dir,
                 id: 0,
                 child: None,
                 paused: false,
                 failpoints: spec.failpoints.map(String::from),
-            })
-            .collect();
-        let mut cluster =
-            Cluster { nodes, net, admin: ClientConfig::default(), spec, root, hsu: hsu.to_path_buf(), keep_logs: None };
+                disk,
+            });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            net,
+            admin: ClientConfig::default(),
+            spec,
+            root,
+            hsu: hsu.to_path_buf(),
+            extra_args: extra_args.to_vec(),
+            keep_logs: None,
+        };
         cluster.init().await?;
         for i in 1..cluster.spec.initial {
             cluster.join(i, "auto").await?;
@@ -158,6 +178,7 @@ impl Cluster {
             .arg(&self.hsu)
             .args(args)
             .args(["--heartbeat", self.spec.timing.heartbeat, "--election-timeout", self.spec.timing.election_timeout])
+            .args(&self.extra_args)
             .env("HSU_LOG", "info,openraft=warn,quinn=warn,sled=warn")
             .env_remove("FAILPOINTS")
             .stdin(Stdio::null())
@@ -332,6 +353,14 @@ impl Cluster {
         self.nodes[i].kill9();
     }
 
+    /// Power cut on host `i`: its node dies, and what its disk had not made durable (written
+    /// but not fsynced) is gone. Returns the bytes lost.
+    pub fn power_cut(&mut self, i: usize) -> Result<usize> {
+        self.nodes[i].kill9();
+        let disk = self.nodes[i].disk.as_ref().context("this scenario's hosts have no lazy disks")?;
+        Ok(disk.power_cut())
+    }
+
     /// `hsu node run --data-dir` on host `i` (same addresses).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         if self.nodes[i].running() {
@@ -400,6 +429,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             n.kill9();
+        }
+        // Unmounted before the directories under them are removed.
+        for n in &mut self.nodes {
+            n.disk = None;
         }
         if let Some(dest) = &self.keep_logs {
             let _ = std::fs::create_dir_all(dest);

@@ -8,10 +8,12 @@
 //! - [`nemesis`]: the faults and the random schedule.
 //! - [`workload`]: the clients and their recorded history.
 //! - [`checks`]: linearizability, no lost writes, one leader per term, recovery time.
-//! - [`scenarios`]: t10..t70 and the driver; [`report`]: the table.
+//! - [`lazyfs`]: a FUSE filesystem that loses what was not fsynced on a power cut.
+//! - [`scenarios`]: t10..t90 and the driver; [`report`]: the table.
 
 pub mod checks;
 pub mod cluster;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod net;
 pub mod nft;

@@ -32,6 +32,10 @@ struct Args {
     /// Keep the node logs of passed scenarios too.
     #[arg(long)]
     keep_logs: bool,
+    /// Start every node with `--unsafe-no-fsync`: the store acknowledges writes it has not made
+    /// durable. Only to show that t90 (power loss) catches it; the suite then fails.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
 }
 
 fn main() {
@@ -65,7 +69,14 @@ fn main() {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
     });
-    let settings = Settings { hsu, seed, fault_secs: args.fault_secs, logs: args.logs, keep_logs: args.keep_logs };
+    let settings = Settings {
+        hsu,
+        seed,
+        fault_secs: args.fault_secs,
+        logs: args.logs,
+        keep_logs: args.keep_logs,
+        no_fsync: args.unsafe_no_fsync,
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let started = Instant::now();
     let rows = runtime.block_on(async {

@@ -63,6 +63,13 @@ impl Ctx {
         self.cluster.kill(i);
     }
 
+    /// A power cut on host `i` (its node dies, its disk forgets what was not fsynced).
+    pub fn power_cut(&mut self, i: usize, why: &str) -> Result<()> {
+        let lost = self.cluster.power_cut(i)?;
+        self.log(format!("power cut on {} ({why}): {lost} bytes not fsynced are gone", self.name_of(i)));
+        Ok(())
+    }
+
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.log(format!("restart {}", self.name_of(i)));
         self.cluster.restart(i)

@@ -11,6 +11,7 @@ pub mod t50_pause_leader;
 pub mod t60_loss_delay;
 pub mod t70_random_mix;
 pub mod t80_rollout;
+pub mod t90_power_loss;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ const MAX_RUN: Duration = Duration::from_secs(600);
 /// A scenario whose clients got fewer answers than this proves nothing, and fails.
 const MIN_ACKED: usize = 100;
 
-pub const NAMES: [&str; 8] = ["t10", "t20", "t30", "t40", "t50", "t60", "t70", "t80"];
+pub const NAMES: [&str; 9] = ["t10", "t20", "t30", "t40", "t50", "t60", "t70", "t80", "t90"];
 
 pub fn spec(name: &str) -> (Spec, u64) {
     match name {
@@ -49,6 +50,7 @@ pub fn spec(name: &str) -> (Spec, u64) {
         "t60" => (t60_loss_delay::SPEC, t60_loss_delay::FAULT_SECS),
         "t70" => (t70_random_mix::SPEC, t70_random_mix::FAULT_SECS),
         "t80" => (t80_rollout::SPEC, t80_rollout::FAULT_SECS),
+        "t90" => (t90_power_loss::SPEC, t90_power_loss::FAULT_SECS),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -63,6 +65,7 @@ async fn faults(ctx: &mut Ctx) -> Result<()> {
         "t60" => t60_loss_delay::faults(ctx).await,
         "t70" => t70_random_mix::faults(ctx).await,
         "t80" => t80_rollout::faults(ctx).await,
+        "t90" => t90_power_loss::faults(ctx).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }
@@ -94,6 +97,8 @@ pub struct Settings {
     pub logs: PathBuf,
     /// Copy the node logs of every scenario, not only of failed ones.
     pub keep_logs: bool,
+    /// Start every node with `--unsafe-no-fsync` (to show that t90 catches a missing fsync).
+    pub no_fsync: bool,
 }
 
 pub async fn run(name: &'static str, settings: &Settings) -> Row {
@@ -110,7 +115,8 @@ pub async fn run(name: &'static str, settings: &Settings) -> Row {
         events: vec![],
     };
     eprintln!("[{name}] starting {} hosts, {} nodes (seed {})", spec.hosts, spec.initial, settings.seed);
-    let cluster = match Cluster::start(spec, &settings.hsu).await {
+    let extra: Vec<String> = if settings.no_fsync { vec!["--unsafe-no-fsync".into()] } else { vec![] };
+    let cluster = match Cluster::start(spec, &settings.hsu, &extra).await {
         Ok(c) => c,
         Err(e) => {
             row.error = Some(format!("set-up failed: {e:#}"));

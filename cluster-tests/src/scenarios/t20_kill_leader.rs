@@ -8,7 +8,8 @@ use super::DEFAULT_TIMING;
 use crate::cluster::Spec;
 use crate::nemesis::Ctx;
 
-pub const SPEC: Spec = Spec { hosts: 3, initial: 3, voters: 3, timing: DEFAULT_TIMING, failpoints: None };
+pub const SPEC: Spec =
+    Spec { hosts: 3, initial: 3, voters: 3, timing: DEFAULT_TIMING, failpoints: None, lazy_disks: false };
 pub const FAULT_SECS: u64 = 60;
 
 pub async fn faults(ctx: &mut Ctx) -> Result<()> {

@@ -11,7 +11,8 @@ use super::DEFAULT_TIMING;
 use crate::cluster::Spec;
 use crate::nemesis::Ctx;
 
-pub const SPEC: Spec = Spec { hosts: 5, initial: 5, voters: 5, timing: DEFAULT_TIMING, failpoints: None };
+pub const SPEC: Spec =
+    Spec { hosts: 5, initial: 5, voters: 5, timing: DEFAULT_TIMING, failpoints: None, lazy_disks: false };
 pub const FAULT_SECS: u64 = 60;
 
 pub async fn faults(ctx: &mut Ctx) -> Result<()> {

@@ -9,7 +9,8 @@ use super::SLOW_TIMING;
 use crate::cluster::Spec;
 use crate::nemesis::{Ctx, DELAY_50MS};
 
-pub const SPEC: Spec = Spec { hosts: 3, initial: 3, voters: 3, timing: SLOW_TIMING, failpoints: Some(DELAY_50MS) };
+pub const SPEC: Spec =
+    Spec { hosts: 3, initial: 3, voters: 3, timing: SLOW_TIMING, failpoints: Some(DELAY_50MS), lazy_disks: false };
 pub const FAULT_SECS: u64 = 30;
 
 pub async fn faults(ctx: &mut Ctx) -> Result<()> {

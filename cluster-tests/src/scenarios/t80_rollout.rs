@@ -18,7 +18,8 @@ use crate::checks::Check;
 use crate::cluster::{data_root, Spec};
 use crate::nemesis::Ctx;
 
-pub const SPEC: Spec = Spec { hosts: 5, initial: 5, voters: 5, timing: DEFAULT_TIMING, failpoints: None };
+pub const SPEC: Spec =
+    Spec { hosts: 5, initial: 5, voters: 5, timing: DEFAULT_TIMING, failpoints: None, lazy_disks: false };
 pub const FAULT_SECS: u64 = 45;
 
 const REPLICAS: usize = 5;

@@ -231,6 +231,10 @@ struct Timing {
     /// placed elsewhere.
     #[arg(long, value_parser = duration, default_value = "10s")]
     node_grace: Duration,
+    /// Acknowledge writes before they are durable (no fsync of the store). Loses acknowledged
+    /// writes on a power cut: only to show that the power-loss test catches exactly that.
+    #[arg(long, hide = true)]
+    unsafe_no_fsync: bool,
 }
 
 fn label(s: &str) -> Result<(String, String), String> {
@@ -247,6 +251,7 @@ impl Timing {
             heartbeat_interval: self.heartbeat,
             election_timeout_min: self.election_timeout,
             election_timeout_max: self.election_timeout * 2,
+            fsync: !self.unsafe_no_fsync,
             ..Tuning::default()
         }
     }

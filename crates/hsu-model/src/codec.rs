@@ -36,6 +36,18 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// No record is larger than this (a frame is at most 16 MiB): a length prefix that claims more
+/// is refused before anything is allocated for it.
+pub const MAX_RECORD: usize = 64 << 20;
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RECORD>,
+> {
+    config().with_limit::<MAX_RECORD>()
+}
+
 /// Encodes `value` as a versioned, checksummed record.
 pub fn encode_record<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![RECORD_VERSION, 0, 0, 0, 0];
@@ -60,7 +72,7 @@ pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
         return Err(CodecError::Checksum { stored, computed, len: payload.len() });
     }
     let (value, used) =
-        bincode::serde::decode_from_slice(payload, config()).map_err(|e| CodecError::Payload(e.to_string()))?;
+        bincode::serde::decode_from_slice(payload, decode_config()).map_err(|e| CodecError::Payload(e.to_string()))?;
     if used != payload.len() {
         return Err(CodecError::TrailingBytes(payload.len() - used));
     }

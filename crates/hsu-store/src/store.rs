@@ -19,8 +19,8 @@ use crate::lease::{leader_term, SharedLeaseClock};
 use crate::network::{Network, RaftTransport};
 use crate::read_index::ReadBatcher;
 use crate::storage::log::LogStore;
-use crate::storage::open_db;
 use crate::storage::sm::{SmShared, StateMachine};
+use crate::storage::Disk;
 use crate::types::{
     KeyRange, KeyValue, LeaseId, Member, NodeId, Op, OpResponse, Proposal, Raft, Request, RequestId, Response, Txn,
     TxnResponse,
@@ -56,6 +56,10 @@ pub struct StoreConfig {
     pub history_revisions: u64,
     /// How often the leader looks for expired leases.
     pub lease_tick: Duration,
+    /// Make log appends durable (fsync) before acknowledging them (default). `false` leaves
+    /// them to sled's flush, which a power cut does not survive: acknowledged writes are lost.
+    /// Only for showing that the power-loss test catches exactly that.
+    pub fsync: bool,
 }
 
 impl StoreConfig {
@@ -77,6 +81,7 @@ impl StoreConfig {
             logs_kept_after_snapshot: 1_000,
             history_revisions: 10_000,
             lease_tick: Duration::from_millis(50),
+            fsync: true,
         }
     }
 
@@ -129,10 +134,10 @@ impl Store {
     /// it.
     pub async fn open<T: RaftTransport>(config: StoreConfig, transport: T) -> Result<Store, OpenError> {
         let raft_config = config.raft_config()?;
-        let db = open_db(&config.data_dir)?;
-        let log = LogStore::open(&db)?;
-        let sm = SmShared::open(&db, config.history_revisions)?;
-        drop(db);
+        let disk = Disk::open(&config.data_dir, config.fsync)?;
+        let log = LogStore::open(&disk)?;
+        let sm = SmShared::open(&disk, config.history_revisions)?;
+        drop(disk);
         let raft = Raft::new(config.id, raft_config, Network::new(transport), log, StateMachine { shared: sm.clone() })
             .await
             .map_err(|e| OpenError::Config(format!("raft does not start: {e}")))?;

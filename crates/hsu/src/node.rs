@@ -49,6 +49,8 @@ pub struct Tuning {
     pub request_timeout: Duration,
     /// How long a membership change (a learner catching up) may take.
     pub membership_timeout: Duration,
+    /// Make the store's writes durable before acknowledging them (`StoreConfig::fsync`).
+    pub fsync: bool,
 }
 
 impl Default for Tuning {
@@ -63,6 +65,7 @@ impl Default for Tuning {
             election_timeout_max: store.election_timeout_max,
             request_timeout: store.request_timeout,
             membership_timeout: Duration::from_secs(120),
+            fsync: true,
         }
     }
 }
@@ -160,6 +163,10 @@ impl Node {
         store_cfg.election_timeout_min = tuning.election_timeout_min;
         store_cfg.election_timeout_max = tuning.election_timeout_max;
         store_cfg.request_timeout = tuning.request_timeout;
+        store_cfg.fsync = tuning.fsync;
+        if !tuning.fsync {
+            tracing::warn!("fsync is off (--unsafe-no-fsync): a power cut loses acknowledged writes");
+        }
         let store = Store::open(store_cfg, QuicRaftTransport::new(endpoint.clone(), contact.clone())).await?;
         let _ = store_cell.set(store.clone());
         let node = Node {

@@ -398,3 +398,6 @@ impl Handler for PeerHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -132,3 +132,52 @@ fn objects_survive_the_record_codec_as_json() {
         assert_eq!(back, d.object);
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Edits of a valid file: deletions, insertions of YAML's own characters, replacements.
+    fn mangled() -> impl proptest::strategy::Strategy<Value = String> {
+        let edit = (
+            0usize..WEB.len(),
+            0usize..6,
+            prop::sample::select(vec![
+                ":", "-", " ", "\n", "{", "}", "[", "]", "'", "\"", "#", "&a", "*a", "!!", "0", "-1", "1e400", "\t",
+                "---\n",
+            ]),
+        );
+        proptest::strategy::Strategy::prop_map(proptest::collection::vec(edit, 1..8), |edits| {
+            let mut text = WEB.to_string();
+            for (at, delete, insert) in edits {
+                let at = at.min(text.len());
+                let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+                let end = (at + delete).min(text.len());
+                let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                text.replace_range(at..end, insert);
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A mangled file is parsed or refused with an error that names the file; never a panic.
+        #[test]
+        fn mangled_specs_fail_cleanly(text in mangled()) {
+            if let Err(e) = parse(&text) {
+                prop_assert!(e.0.contains("app.yaml"), "an error without the file name: {}", e.0);
+            }
+        }
+
+        /// Arbitrary text, likewise.
+        #[test]
+        fn arbitrary_text_fails_cleanly(text in ".{0,200}") {
+            if let Err(e) = parse(&text) {
+                prop_assert!(!e.0.is_empty());
+            }
+        }
+    }
+}

@@ -181,3 +181,44 @@ fn a_spec_survives_a_round_trip_through_json() {
         assert_eq!(back, u, "{json}");
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A units file cut anywhere or with a line replaced is parsed or refused with a message
+        /// naming a line; never a panic.
+        #[test]
+        fn mangled_units_fail_cleanly(cut in 0usize..GOOD.len(), line in 0usize..20, junk in "[ -~]{0,30}") {
+            let cut = (0..=cut).rev().find(|i| GOOD.is_char_boundary(*i)).unwrap_or(0);
+            let mut lines: Vec<String> = GOOD[..cut].lines().map(String::from).collect();
+            if !lines.is_empty() {
+                let i = line % lines.len();
+                lines[i] = junk;
+            }
+            if let Err(e) = parse_units(&lines.join("\n")) {
+                prop_assert!(!e.0.is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_fails_cleanly(text in ".{0,200}") {
+            let _ = parse_units(&text);
+        }
+
+        /// Sizes and durations from the same untrusted files.
+        #[test]
+        fn quantities_parse_or_fail_cleanly(text in "[0-9a-zA-Z.+-]{0,24}") {
+            if let Err(e) = ByteSize::parse(&text) {
+                prop_assert!(!e.is_empty());
+            }
+            if let Err(e) = crate::duration::parse_duration(&text) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+}

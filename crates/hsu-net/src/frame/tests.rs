@@ -182,3 +182,33 @@ async fn random_lengths_through_a_small_pipe() {
     writer.await.unwrap();
     assert!(read_frame(&mut b, max).await.unwrap().is_none());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any byte stream reads as frames, a clean end, or a clear error; a body is never
+        /// allocated past `max`, whatever its header declares.
+        #[test]
+        fn any_stream_reads_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256), max in 1usize..128) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = &bytes[..];
+                for _ in 0..bytes.len() + 1 {
+                    match read_frame(&mut r, max).await {
+                        Ok(Some(frame)) => assert!(frame.len() <= max),
+                        Ok(None) => break,
+                        Err(e) => {
+                            assert!(!e.to_string().is_empty());
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

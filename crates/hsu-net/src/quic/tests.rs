@@ -980,3 +980,24 @@ async fn a_connection_whose_certificate_was_revoked_since_is_closed_as_revoked()
     assert!(matches!(err, NetError::Revoked { .. }), "{err:?}");
     assert_eq!(*client.revocations().borrow(), 1);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Request and reply frames from a peer: parsed or refused with a message, never a panic.
+        #[test]
+        fn any_request_or_reply_frame_is_handled(frame in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Err(e) = parse_request(frame.clone()) {
+                prop_assert!(!e.is_empty());
+            }
+            if let Err(e) = decode_reply(frame) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -226,3 +226,36 @@ fn hashes_equal_compares_every_byte() {
     b[0] ^= 0x80;
     assert!(!hashes_equal(&a, &b));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Anything presented as a join or API token parses or is refused with a reason.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in ".{0,160}") {
+            if let Err(e) = JoinToken::parse(&text) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// A real token with one character changed is refused or parsed, never a panic, and a
+        /// parsed one prints as a token that parses to the same.
+        #[test]
+        fn edited_tokens_fail_cleanly(at in 0usize..200, c in any::<char>()) {
+            let text = token().to_string();
+            let mut chars: Vec<char> = text.chars().collect();
+            let at = at % chars.len();
+            chars[at] = c;
+            let edited: String = chars.into_iter().collect();
+            if let Ok(t) = JoinToken::parse(&edited) {
+                let again = JoinToken::parse(&t.to_string()).unwrap();
+                prop_assert_eq!((again.id, again.secret, again.ca_hash), (t.id, t.secret, t.ca_hash));
+            }
+        }
+    }
+}

@@ -31,7 +31,7 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// The log store. Cloning is cheap (sled handles are shared); a clone is the log reader.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    disk: super::Disk,
     log: sled::Tree,
     raft: sled::Tree,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -40,13 +40,18 @@ pub struct LogStore {
 /// Syncs the database for every batch of queued appends, then completes their callbacks in
 /// order. sled's flush persists everything written before it, so one fsync covers the whole
 /// queue. The thread ends when the last `LogStore` handle is dropped.
-fn spawn_flusher(db: sled::Db) -> std::io::Result<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>> {
+fn spawn_flusher(disk: super::Disk) -> std::io::Result<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>> {
     let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
     std::thread::Builder::new().name("hsu-log-flush".into()).spawn(move || {
         while let Ok(first) = rx.recv() {
             let mut waiting = vec![first];
             waiting.extend(rx.try_iter());
-            let result = db.flush().map(drop).map_err(|e| e.to_string());
+            let result = if disk.fsync_appends {
+                disk.flush_blocking().map_err(|e| e.to_string())
+            } else {
+                // Not durable: sled's flush alone (see `Disk`). For the power-loss test's test.
+                disk.db.flush().map(drop).map_err(|e| e.to_string())
+            };
             for callback in waiting {
                 callback.log_io_completed(result.clone().map_err(std::io::Error::other));
             }
@@ -58,7 +63,8 @@ fn spawn_flusher(db: sled::Db) -> std::io::Result<std::sync::mpsc::Sender<LogFlu
 impl LogStore {
     /// Opens the log trees and checks every record, so that damage is reported now, with its
     /// location, instead of when openraft happens to read it.
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, OpenError> {
+    pub(crate) fn open(disk: &super::Disk) -> Result<Self, OpenError> {
+        let db = &disk.db;
         let engine = |e: sled::Error| OpenError::Engine { path: Default::default(), detail: e.to_string() };
         let log = db.open_tree(LOG_TREE).map_err(engine)?;
         let raft = db.open_tree(RAFT_TREE).map_err(engine)?;
@@ -102,9 +108,9 @@ impl LogStore {
             }
             expect = Some(index + 1);
         }
-        let flusher = spawn_flusher(db.clone())
+        let flusher = spawn_flusher(disk.clone())
             .map_err(|e| OpenError::Engine { path: Default::default(), detail: format!("log flusher thread: {e}") })?;
-        Ok(LogStore { db: db.clone(), log, raft, flusher })
+        Ok(LogStore { disk: disk.clone(), log, raft, flusher })
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -120,7 +126,7 @@ impl LogStore {
 
     /// Flushes every tree of the database to disk (fsync) off the async runtime.
     pub(crate) async fn flush(&self) -> std::io::Result<()> {
-        super::flush(&self.db).await
+        self.disk.flush().await
     }
 
     fn last_entry_id(&self) -> StorageResult<Option<LogId>> {

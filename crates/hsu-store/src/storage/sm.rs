@@ -91,7 +91,7 @@ pub(crate) struct SmInner {
 /// The state machine, shared between openraft (which applies to it) and the store's readers and
 /// watchers.
 pub(crate) struct SmShared {
-    db: sled::Db,
+    disk: super::Disk,
     root: sled::Tree,
     inner: RwLock<SmInner>,
     /// The index of the last applied entry; watchers wait on it.
@@ -102,7 +102,8 @@ pub(crate) struct SmShared {
 
 impl SmShared {
     /// Opens the state machine, checking every stored record.
-    pub(crate) fn open(db: &sled::Db, retain: u64) -> Result<Arc<Self>, OpenError> {
+    pub(crate) fn open(disk: &super::Disk, retain: u64) -> Result<Arc<Self>, OpenError> {
+        let db = &disk.db;
         let engine = |e: sled::Error| OpenError::Engine { path: Default::default(), detail: e.to_string() };
         let corrupt = |tree: &'static str, key: &[u8]| {
             let key = show_key(key);
@@ -173,7 +174,7 @@ impl SmShared {
         }
         let applied_index = last_applied.map_or(0, |l: LogId| l.index);
         let shared = Arc::new(SmShared {
-            db: db.clone(),
+            disk: disk.clone(),
             root,
             inner: RwLock::new(SmInner {
                 gen,
@@ -235,7 +236,7 @@ impl SmShared {
 
     /// Flushes every tree to disk (fsync) off the async runtime.
     async fn flush(&self) -> std::io::Result<()> {
-        super::flush(&self.db).await
+        self.disk.flush().await
     }
 
     fn apply_entries(
@@ -348,7 +349,7 @@ impl SmShared {
         let old_gen = self.read().gen;
         let gen = old_gen + 1;
         let e = |e: sled::Error| e.to_string();
-        let tree = self.db.open_tree(data_tree_name(gen)).map_err(e)?;
+        let tree = self.disk.db.open_tree(data_tree_name(gen)).map_err(e)?;
         tree.clear().map_err(e)?;
         let enc = |v: &dyn erased::Encode| v.encode().map_err(|e| e.to_string());
         let mut batch = sled::Batch::default();
@@ -369,10 +370,10 @@ impl SmShared {
         batch.insert(META_COMPACTED, enc(&compacted)?);
         batch.insert(META_CLOCK, enc(&payload.clock_ms)?);
         tree.apply_batch(batch).map_err(e)?;
-        self.db.flush().map_err(e)?;
+        self.disk.flush_blocking().map_err(|e| e.to_string())?;
         self.root.insert(GEN, enc(&gen)?).map_err(e)?;
         self.root.insert(SNAPSHOT, enc(&StoredSnapshot { meta: meta.clone(), data: data.to_vec() })?).map_err(e)?;
-        self.db.flush().map_err(e)?;
+        self.disk.flush_blocking().map_err(|e| e.to_string())?;
 
         let applied = payload.last_applied.map_or(0, |l| l.index);
         {
@@ -392,7 +393,7 @@ impl SmShared {
                 membership: payload.membership,
             };
         }
-        self.db.drop_tree(data_tree_name(old_gen)).map_err(e)?;
+        self.disk.db.drop_tree(data_tree_name(old_gen)).map_err(e)?;
         self.applied.send_replace(applied);
         Ok(())
     }

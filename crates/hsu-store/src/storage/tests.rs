@@ -13,9 +13,9 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let db = open_db(dir.path()).map_err(|e| StorageIOError::write(&e))?;
-        let log = LogStore::open(&db).map_err(|e| StorageIOError::write(&e))?;
-        let sm = SmShared::open(&db, 1000).map_err(|e| StorageIOError::write(&e))?;
+        let disk = Disk::open(dir.path(), true).map_err(|e| StorageIOError::write(&e))?;
+        let log = LogStore::open(&disk).map_err(|e| StorageIOError::write(&e))?;
+        let sm = SmShared::open(&disk, 1000).map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, log, StateMachine { shared: sm }))
     }
 }
