@@ -140,7 +140,11 @@ impl Cluster {
         for h in &net.hosts {
             let dir = root.join(&h.name);
             let disk = match spec.lazy_disks {
-                true => Some(LazyFs::mount(&root.join(format!("{}.disk", h.name)), &dir)?),
+                true => {
+                    let disk = LazyFs::mount(&root.join(format!("{}.disk", h.name)), &dir)?;
+                    disk.self_check().context("the lazy filesystem fails its own check")?;
+                    Some(disk)
+                }
                 false => None,
             };
             nodes.push(Node {

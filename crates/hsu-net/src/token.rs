@@ -34,31 +34,32 @@ const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Errors of token parsing and checking.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Join and API tokens share the format, so messages say "token"; callers say which kind.
 pub enum TokenError {
     /// The token string does not have the expected shape. The message says which part is wrong
     /// and never repeats the secret.
-    #[error("malformed join token: {0}")]
+    #[error("malformed token: {0}")]
     Malformed(String),
     /// The presented secret does not match the stored hash.
-    #[error("join token rejected: wrong secret")]
+    #[error("token rejected: wrong secret")]
     WrongSecret,
     /// The token's lifetime is over.
-    #[error("join token expired at {expired_ms} ms since the unix epoch")]
+    #[error("token expired at {expired_ms} ms since the unix epoch")]
     Expired {
         /// When the token expired, in milliseconds since the unix epoch.
         expired_ms: u64,
     },
     /// The token has no uses left.
-    #[error("join token used up: expected uses left, found none")]
+    #[error("token used up: expected uses left, found none")]
     UsedUp,
     /// The token was revoked by an administrator.
-    #[error("join token revoked")]
+    #[error("token revoked")]
     Revoked,
     /// No token with this id is known (or the record checked belongs to another id).
-    #[error("unknown join token id {0:?}")]
+    #[error("unknown token id {0:?}")]
     UnknownToken(String),
     /// The operating system's random number generator failed while generating a token.
-    #[error("could not generate join token: system random number generator failed")]
+    #[error("could not generate a token: system random number generator failed")]
     Random,
 }
 

@@ -313,6 +313,12 @@ impl Store {
         }
     }
 
+    /// How many watchers of this member are alive (each holds memory and a task's attention
+    /// until it is dropped).
+    pub fn watchers(&self) -> usize {
+        self.inner.sm.subscribers()
+    }
+
     /// Watches `range` from revision `start` (0: changes after the current revision), served
     /// from this member's state machine.
     pub fn watch(&self, range: KeyRange, start: u64) -> Result<Watcher, Error> {

@@ -91,7 +91,8 @@ pub async fn connect_deployments(cfg: &ClientConfig, endpoint: Option<&str>) -> 
     Ok(DeploymentsClient::with_interceptor(channel, bearer))
 }
 
-async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Channel, Bearer), NodeError> {
+/// A channel to `endpoint` (or the config's) with the config's TLS identity, and its bearer interceptor.
+pub async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Channel, Bearer), NodeError> {
     let endpoint = endpoint.unwrap_or(&cfg.endpoint);
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cfg.ca)).domain_name(API_SERVER_NAME);
     if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {

@@ -54,7 +54,7 @@ pub fn status_of(e: StoreError) -> tonic::Status {
 }
 
 /// A refusal before anything reached the store: certainly not applied.
-fn refused(mut status: tonic::Status) -> tonic::Status {
+pub(crate) fn refused(mut status: tonic::Status) -> tonic::Status {
     status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static("not-applied"));
     status
 }

@@ -679,7 +679,7 @@ impl Node {
 
     async fn join_as_leader(&self, ticket: JoinTicket) -> Result<JoinGrant, PeerError> {
         self.must_lead()?;
-        let token = JoinToken::parse(&ticket.token).map_err(|e| PeerError::Denied(format!("token: {e}")))?;
+        let token = JoinToken::parse(&ticket.token).map_err(|e| PeerError::Denied(format!("join token: {e}")))?;
         if token.ca_hash != self.ca_fingerprint() {
             return Err(PeerError::Denied("the token was made for another cluster (its CA hash differs)".into()));
         }
@@ -697,7 +697,7 @@ impl Node {
             if entry.kind != TokenKind::Join {
                 return Err(PeerError::Denied("an API token cannot be used to join".into()));
             }
-            entry.record.check(&token, records::now_ms()).map_err(|e| PeerError::Denied(e.to_string()))?;
+            entry.record.check(&token, records::now_ms()).map_err(|e| PeerError::Denied(format!("join token: {e}")))?;
             let taken =
                 self.list_local::<NodeRecord>(records::NODES)?.into_iter().any(|n| !n.removed && n.name == ticket.name);
             if taken {

@@ -208,6 +208,11 @@ impl SmShared {
         self.applied.subscribe()
     }
 
+    /// How many receivers of the applied index exist: one per live [`crate::Watcher`].
+    pub(crate) fn subscribers(&self) -> usize {
+        self.applied.receiver_count()
+    }
+
     /// Events in `range` with revisions `from..=to`, in order. Fails with `Compacted` when any of
     /// that history is gone, also if compaction raced with the read.
     pub(crate) fn events(&self, range: &KeyRange, from: u64, to: u64) -> Result<Vec<Event>, Error> {

@@ -58,7 +58,7 @@ pub fn principal<T>(node: &Node, req: &Request<T>) -> Result<Principal, Status> 
     match node.check_api_token(token.trim()) {
         Ok(ApiRole::Admin) => Ok(Principal::Admin("token".into())),
         Ok(ApiRole::ReadOnly) => Ok(Principal::ReadOnly),
-        Err(e) => Err(Status::unauthenticated(format!("bearer token refused: {e}"))),
+        Err(e) => Err(Status::unauthenticated(format!("API token refused: {e}"))),
     }
 }
 

@@ -192,7 +192,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         // The token is the credential here; it is checked by the leader.
         let r = req.into_inner();
-        let token = JoinToken::parse(&r.token).map_err(|e| Status::unauthenticated(format!("token: {e}")))?;
+        let token = JoinToken::parse(&r.token).map_err(|e| Status::unauthenticated(format!("join token: {e}")))?;
         if token.ca_hash != self.node.ca_fingerprint() {
             return Err(Status::permission_denied("the token was made for another cluster (its CA hash differs)"));
         }

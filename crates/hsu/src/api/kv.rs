@@ -23,12 +23,47 @@ impl KvApi {
     }
 
     async fn txn(&self, txn: Txn) -> Result<hsu_store::TxnResponse, Status> {
+        check_limits(&txn)?;
         match self.node.propose(StoreRequest::Txn(txn)).await? {
             StoreResponse::Txn(r) => Ok(r),
             StoreResponse::Rejected(r) => Err(crate::error::status_of(hsu_store::Error::Rejected(r))),
             other => Err(Status::internal(format!("unexpected answer to a transaction: {other:?}"))),
         }
     }
+}
+
+/// The longest key the KV API takes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// The most bytes of keys and values one write may carry: etcd's `--max-request-bytes`
+/// default, so what etcd takes, HSU takes.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Refuses a transaction with a key over [`MAX_KEY_BYTES`] (`INVALID_ARGUMENT`) or more than
+/// [`MAX_REQUEST_BYTES`] of keys and values (`RESOURCE_EXHAUSTED`), before anything is proposed.
+fn check_limits(txn: &Txn) -> Result<(), Status> {
+    let prefix = convert::internal(b"").len();
+    let mut total = 0usize;
+    let keys =
+        txn.compare.iter().map(|c| (c.key.len(), 0)).chain(txn.success.iter().chain(&txn.failure).map(|op| match op {
+            Op::Put { key, value, .. } => (key.len(), value.len()),
+            Op::Delete { range: hsu_store::KeyRange::Key(k) | hsu_store::KeyRange::Prefix(k) } => (k.len(), 0),
+            Op::Range { range: hsu_store::KeyRange::Key(k) | hsu_store::KeyRange::Prefix(k), .. } => (k.len(), 0),
+        }));
+    for (key, value) in keys {
+        let key = key.saturating_sub(prefix);
+        if key > MAX_KEY_BYTES {
+            return Err(crate::error::refused(Status::invalid_argument(format!(
+                "key: {key} bytes, at most {MAX_KEY_BYTES}"
+            ))));
+        }
+        total += key + value;
+    }
+    if total > MAX_REQUEST_BYTES {
+        return Err(crate::error::refused(Status::resource_exhausted(format!(
+            "the request carries {total} bytes of keys and values, over the limit of {MAX_REQUEST_BYTES} (as etcd's --max-request-bytes)"
+        ))));
+    }
+    Ok(())
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
@@ -120,7 +155,13 @@ impl pb::kv_server::Kv for KvApi {
             Ok(mut watcher) => {
                 tokio::spawn(async move {
                     loop {
-                        let msg = match watcher.next().await {
+                        // A client that went away (its stream dropped) ends the watch at once,
+                        // not at the next change, which may never come.
+                        let next = tokio::select! {
+                            next = watcher.next() => next,
+                            () = tx.closed() => return,
+                        };
+                        let msg = match next {
                             Ok(e) => {
                                 let revision = e.kv.mod_revision;
                                 pb::WatchResponse {

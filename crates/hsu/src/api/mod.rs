@@ -7,7 +7,7 @@ pub mod auth;
 mod cluster;
 pub mod convert;
 mod deploy;
-mod kv;
+pub mod kv;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +100,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
             health_reporter.set_serving::<DeploymentsServer<deploy::DeploymentsApi>>().await;
             let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
             let result = tonic::transport::Server::builder()
+                .layer(status_codes::Layer)
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
@@ -115,4 +116,69 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
         .instrument(tracing::info_span!("api", %addr)),
     );
     Ok(())
+}
+
+/// gRPC's codes for a request the server could not take, where tonic picks others: a message
+/// over the size limit is `RESOURCE_EXHAUSTED` (tonic answers `OUT_OF_RANGE`) and one that does
+/// not decode is `INVALID_ARGUMENT` (tonic answers `INTERNAL`), as grpc-go and etcd answer. Both
+/// come before any handler ran, as trailers-only responses, so their headers are rewritten.
+mod status_codes {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    #[derive(Clone, Copy)]
+    pub struct Layer;
+
+    impl<S> tower::Layer<S> for Layer {
+        type Service = Codes<S>;
+        fn layer(&self, inner: S) -> Codes<S> {
+            Codes(inner)
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct Codes<S>(S);
+
+    impl<S, B, RB> tower::Service<http::Request<B>> for Codes<S>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+        S::Future: Send + 'static,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            let response = self.0.call(req);
+            Box::pin(async move {
+                let mut response = response.await?;
+                remap(response.headers_mut());
+                Ok(response)
+            })
+        }
+    }
+
+    /// The rewrite, by tonic's own wording of the two refusals.
+    pub(super) fn remap(headers: &mut http::HeaderMap) {
+        let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
+        let new = match code.as_deref() {
+            // tonic: "Error, decoded message length too large: found N bytes, the limit is: M bytes"
+            Some("11")
+                if message.contains("message%20length%20too%20large")
+                    || message.contains("message length too large") =>
+            {
+                "8"
+            }
+            // tonic: "failed to decode Protobuf message: ..."
+            Some("13") if message.contains("failed%20to%20decode") || message.contains("failed to decode") => "3",
+            _ => return,
+        };
+        headers.insert("grpc-status", http::HeaderValue::from_static(new));
+    }
 }

@@ -10,6 +10,7 @@ mod t20_join_tokens;
 mod t30_removed_node;
 mod t40_api_auth;
 mod t50_oversized_input;
+mod t55_api_limits;
 mod t60_node_authorization;
 // Needs the `failpoints` feature: `cargo test -p hsu --features failpoints --test it` (.ci/run).
 #[cfg(feature = "failpoints")]

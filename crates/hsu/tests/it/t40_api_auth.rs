@@ -42,7 +42,14 @@ async fn calls_without_valid_credentials_are_unauthenticated() {
         // TLS without a client certificate is allowed (bearer tokens travel over it), so the
         // connection opens and each call is refused by the service.
         let (mut cluster, mut kv) = client::connect(&conf, None).await.expect("the API accepts TLS without a cert");
-        assert_eq!(code(cluster.status(pb::StatusRequest {}).await), Code::Unauthenticated, "status with {who}");
+        let refusal = cluster.status(pb::StatusRequest {}).await.expect_err("status without credentials");
+        assert_eq!(refusal.code(), Code::Unauthenticated, "status with {who}");
+        if conf.token.is_some() {
+            // A bearer credential is an API token; the error says so (it used to say "join token").
+            let msg = refusal.message();
+            assert!(msg.starts_with("API token refused: "), "{who}: {msg}");
+            assert!(!msg.contains("malformed join token") && !msg.contains("unknown join token"), "{who}: {msg}");
+        }
         assert_eq!(code(kv.range(get(hsu::records::CA.as_bytes())).await), Code::Unauthenticated, "range with {who}");
         assert_eq!(code(kv.put(put(key, b"forged")).await), Code::Unauthenticated, "put with {who}");
         let token = pb::CreateTokenRequest { kind: pb::TokenKind::Api as i32, ..Default::default() };

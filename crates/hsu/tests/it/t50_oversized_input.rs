@@ -26,7 +26,7 @@ async fn grpc_message_over_the_limit_is_refused_and_the_node_keeps_serving() {
     };
     let refused = kv.put(big).await;
     assert!(
-        matches!(&refused, Err(s) if s.code() == Code::OutOfRange),
+        matches!(&refused, Err(s) if s.code() == Code::ResourceExhausted),
         "a {} byte message was not refused for its size: {refused:?}",
         hsu::api::MAX_MESSAGE + 1024
     );
