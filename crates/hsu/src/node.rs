@@ -15,7 +15,7 @@ use hsu_net::quic::{Endpoint, EndpointConfig, ALPN};
 use hsu_net::token::{JoinToken, TokenRecord};
 use hsu_store::{
     Compare, CompareOp, CompareTarget, Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request,
-    Response, Store, StoreConfig, Txn,
+    RequestId, Response, Store, StoreConfig, Txn,
 };
 use openraft::ServerState;
 use serde::de::DeserializeOwned;
@@ -559,11 +559,19 @@ impl Node {
 
     // ----- the KV API, routed -----
 
+    /// Runs a write on the leader as a request of this node's session: applied once, however
+    /// often it has to be sent.
     pub async fn propose(&self, req: Request) -> Result<Response, PeerError> {
         let id = self.inner.session.begin();
-        let reply = self.leader_call(PeerRequest::Propose { req, id: Some(id) }).await;
+        let reply = self.propose_as(req, id).await;
         self.inner.session.end(id.seq);
-        match reply? {
+        reply
+    }
+
+    /// Runs a write on the leader as request `id` of a client's own session (a gRPC client
+    /// that numbers its writes, so that it can send one again after a timeout).
+    pub async fn propose_as(&self, req: Request, id: RequestId) -> Result<Response, PeerError> {
+        match self.leader_call(PeerRequest::Propose { req, id: Some(id) }).await? {
             PeerReply::Response(r) => Ok(r),
             other => Err(unexpected(other)),
         }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use hsu_proto::v1 as pb;
-use hsu_store::{Consistency, Op, OpResponse, Request as StoreRequest, Response as StoreResponse, Txn};
+use hsu_store::{Consistency, Op, OpResponse, Request as StoreRequest, RequestId, Response as StoreResponse, Txn};
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Need};
@@ -22,14 +22,56 @@ impl KvApi {
         pb::ResponseHeader { revision, member_id: self.node.id(), raft_term: term }
     }
 
-    async fn txn(&self, txn: Txn) -> Result<hsu_store::TxnResponse, Status> {
+    async fn txn(&self, txn: Txn, id: Option<RequestId>) -> Result<hsu_store::TxnResponse, Status> {
         check_limits(&txn)?;
-        match self.node.propose(StoreRequest::Txn(txn)).await? {
+        let req = StoreRequest::Txn(txn);
+        let answer = match id {
+            Some(id) => self.node.propose_as(req, id).await?,
+            None => self.node.propose(req).await?,
+        };
+        match answer {
             StoreResponse::Txn(r) => Ok(r),
             StoreResponse::Rejected(r) => Err(crate::error::status_of(hsu_store::Error::Rejected(r))),
             other => Err(Status::internal(format!("unexpected answer to a transaction: {other:?}"))),
         }
     }
+}
+
+/// The metadata key of a client's own request id, `CLIENT.SEQ[.OLDEST]` (decimal; CLIENT a
+/// random non-zero number the client chose, SEQ its numbering of its writes, OLDEST the lowest
+/// SEQ it still waits on, SEQ if absent). With it, a client that sends a write again after a
+/// timeout or a lost connection gets the first attempt's answer instead of a second apply.
+pub const REQUEST_ID_KEY: &str = "hsu-request-id";
+/// Which attempt this is (1, 2, ...): from the second on the write may have been sent before.
+pub const ATTEMPT_KEY: &str = "hsu-attempt";
+
+/// The client's request id of a write, if it sent one.
+fn request_id<T>(req: &Request<T>) -> Result<Option<RequestId>, Status> {
+    let text = |key: &str| req.metadata().get(key).map(|v| v.to_str().map_err(|_| format!("{key}: not text")));
+    let bad = |m: String| crate::error::refused(Status::invalid_argument(m));
+    let Some(id) = text(REQUEST_ID_KEY) else { return Ok(None) };
+    let id = id.map_err(bad)?;
+    let numbers: Vec<Option<u64>> = id.split('.').map(|n| n.parse().ok()).collect();
+    let (client, seq, oldest) = match numbers.as_slice() {
+        [Some(c), Some(s)] => (*c, *s, *s),
+        [Some(c), Some(s), Some(o)] if o <= s => (*c, *s, *o),
+        _ => {
+            return Err(bad(format!("{REQUEST_ID_KEY}: expected CLIENT.SEQ[.OLDEST] with OLDEST <= SEQ, found {id:?}")))
+        }
+    };
+    if client == 0 || seq == 0 {
+        return Err(bad(format!("{REQUEST_ID_KEY}: CLIENT and SEQ start at 1, found {id:?}")));
+    }
+    let attempt = match text(ATTEMPT_KEY) {
+        None => 1,
+        Some(a) => a
+            .map_err(bad)?
+            .parse::<u32>()
+            .ok()
+            .filter(|a| *a >= 1)
+            .ok_or_else(|| bad(format!("{ATTEMPT_KEY}: expected a number from 1")))?,
+    };
+    Ok(Some(RequestId { client, seq, oldest_pending: oldest, retry: attempt > 1 }))
 }
 
 /// The longest key the KV API takes.
@@ -89,15 +131,19 @@ impl pb::kv_server::Kv for KvApi {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
+        let id = request_id(&req)?;
         let p = req.into_inner();
         if p.key.is_empty() {
             return Err(Status::invalid_argument("key is empty"));
         }
         let r = self
-            .txn(Txn {
-                success: vec![Op::Put { key: convert::internal(&p.key), value: p.value, lease: p.lease }],
-                ..Default::default()
-            })
+            .txn(
+                Txn {
+                    success: vec![Op::Put { key: convert::internal(&p.key), value: p.value, lease: p.lease }],
+                    ..Default::default()
+                },
+                id,
+            )
             .await?;
         let prev = match r.responses.into_iter().next() {
             Some(OpResponse::Put { prev }) if p.prev_kv => prev.map(|kv| convert::kv(kv, false)),
@@ -108,9 +154,10 @@ impl pb::kv_server::Kv for KvApi {
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
+        let id = request_id(&req)?;
         let d = req.into_inner();
         let range = convert::key_range(d.key, d.prefix, "key")?;
-        let r = self.txn(Txn { success: vec![Op::Delete { range }], ..Default::default() }).await?;
+        let r = self.txn(Txn { success: vec![Op::Delete { range }], ..Default::default() }, id).await?;
         let prev = match r.responses.into_iter().next() {
             Some(OpResponse::Delete { prev }) => prev,
             _ => Vec::new(),
@@ -127,8 +174,9 @@ impl pb::kv_server::Kv for KvApi {
         let writes =
             t.success.iter().chain(&t.failure).any(|o| !matches!(o.request, Some(pb::request_op::Request::Range(_))));
         authorize(&self.node, &req, if writes { Need::Write } else { Need::Read })?;
+        let id = request_id(&req)?;
         let txn = convert::txn(req.into_inner())?;
-        let r = self.txn(txn).await?;
+        let r = self.txn(txn, id).await?;
         let header = self.header(r.revision);
         Ok(Response::new(convert::txn_response(r, header)))
     }

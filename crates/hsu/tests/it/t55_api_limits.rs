@@ -60,3 +60,34 @@ async fn a_watch_whose_client_went_away_is_dropped() {
     poll("the node to drop the watch", || async { (c.first.store().watchers() <= baseline).then_some(()) }).await;
     c.shutdown().await;
 }
+
+/// A client that numbers its writes (`hsu-request-id`) may send one again after a timeout: the
+/// second attempt gets the first one's answer, and the key is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_retry_with_its_request_id_is_answered_not_applied_again() {
+    let c = TestCluster::start().await;
+    let (_, mut kv) = c.admin().await;
+    let attempt = |n: u32, value: &[u8]| {
+        let mut req = tonic::Request::new(pb::PutRequest {
+            key: b"/t55/once".to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(hsu::api::kv::REQUEST_ID_KEY, "4242.1".parse().unwrap());
+        req.metadata_mut().insert(hsu::api::kv::ATTEMPT_KEY, n.to_string().parse().unwrap());
+        req
+    };
+    let first = kv.put(attempt(1, b"first")).await.expect("the first attempt").into_inner();
+    // The "retry" carries another value: had it been applied, the key would hold it.
+    let again = kv.put(attempt(2, b"second")).await.expect("the retry").into_inner();
+    assert_eq!(again.header.map(|h| h.revision), first.header.map(|h| h.revision), "the first answer again");
+    assert_eq!(c.api_value(b"/t55/once").await.as_deref(), Some(&b"first"[..]), "applied once");
+
+    // A malformed id is refused before anything happens.
+    let mut bad = tonic::Request::new(pb::PutRequest { key: b"/t55/bad".to_vec(), ..Default::default() });
+    bad.metadata_mut().insert(hsu::api::kv::REQUEST_ID_KEY, "0.x".parse().unwrap());
+    let refused = kv.put(bad).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(c.api_value(b"/t55/bad").await, None);
+    c.shutdown().await;
+}
