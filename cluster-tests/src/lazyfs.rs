@@ -198,6 +198,14 @@ impl State {
         })
     }
 
+    /// Removes `name` of `parent` from the backing directory with `how` (at once) and forgets it.
+    fn remove(&mut self, parent: INodeNo, name: &OsStr, how: fn(&Path) -> std::io::Result<()>) -> Result<(), Errno> {
+        let rel = self.path(parent)?.join(name);
+        how(&self.full(&rel)).map_err(errno)?;
+        self.forget_path(&rel);
+        Ok(())
+    }
+
     /// Writes what is pending for `ino` to the backing file and fsyncs it.
     fn persist(&mut self, ino: u64) -> Result<(), Errno> {
         let rel = self.paths.get(&ino).cloned().ok_or(Errno::ENOENT)?;
@@ -317,26 +325,14 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = lock(&self.state);
-        let result = s.path(parent).map(|p| p.join(name)).and_then(|rel| {
-            std::fs::remove_file(s.full(&rel)).map_err(errno)?;
-            s.forget_path(&rel);
-            Ok(())
-        });
-        match result {
+        match lock(&self.state).remove(parent, name, |p| std::fs::remove_file(p)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut s = lock(&self.state);
-        let result = s.path(parent).map(|p| p.join(name)).and_then(|rel| {
-            std::fs::remove_dir(s.full(&rel)).map_err(errno)?;
-            s.forget_path(&rel);
-            Ok(())
-        });
-        match result {
+        match lock(&self.state).remove(parent, name, |p| std::fs::remove_dir(p)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

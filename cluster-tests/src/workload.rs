@@ -377,38 +377,24 @@ pub async fn read_counter(
     endpoints: &[String],
     timeout: Duration,
 ) -> Result<FinalCounter, String> {
-    let start = Instant::now();
-    let mut last = String::new();
-    let mut attempt = 0usize;
-    while start.elapsed() < timeout {
-        let ep = &endpoints[attempt % endpoints.len()];
-        attempt += 1;
-        match Cluster::connect(admin, ep).await {
-            Ok((_, mut kv)) => {
-                // One transaction, so the counter and the records are of one revision.
-                let range = |key: &str, prefix: bool| pb::RequestOp {
-                    request: Some(pb::request_op::Request::Range(pb::RangeRequest {
-                        key: key.as_bytes().to_vec(),
-                        prefix,
-                        ..Default::default()
-                    })),
-                };
-                let req = pb::TxnRequest {
-                    compare: vec![],
-                    success: vec![range(COUNTER, false), range(INCS_PREFIX, true)],
-                    failure: vec![],
-                };
-                match tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await {
-                    Ok(Ok(r)) => return parse_counter(r.into_inner()),
-                    Ok(Err(s)) => last = format!("{ep}: {:?}: {}", s.code(), s.message()),
-                    Err(_) => last = format!("{ep}: timed out"),
-                }
-            }
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("no node answered the final counter read within {timeout:?}; last: {last}"))
+    first_answer(admin, endpoints, timeout, "counter read", |mut kv| async move {
+        // One transaction, so the counter and the records are of one revision.
+        let range = |key: &str, prefix: bool| pb::RequestOp {
+            request: Some(pb::request_op::Request::Range(pb::RangeRequest {
+                key: key.as_bytes().to_vec(),
+                prefix,
+                ..Default::default()
+            })),
+        };
+        let req = pb::TxnRequest {
+            compare: vec![],
+            success: vec![range(COUNTER, false), range(INCS_PREFIX, true)],
+            failure: vec![],
+        };
+        let r = call_error(tokio::time::timeout(OP_TIMEOUT, kv.txn(req)).await)?;
+        Ok(parse_counter(r.into_inner()))
+    })
+    .await
 }
 
 fn parse_counter(r: pb::TxnResponse) -> Result<FinalCounter, String> {
@@ -445,9 +431,19 @@ pub fn reg(k: usize) -> Vec<u8> {
     format!("reg/{k}").into_bytes()
 }
 
-/// The keys under [`SET_PREFIX`] as a linearizable read sees them, asked of each endpoint in
-/// turn until one answers (bounded by `timeout`).
-pub async fn read_set(admin: &ClientConfig, endpoints: &[String], timeout: Duration) -> Result<Vec<String>, String> {
+/// Asks each endpoint in turn, every 200 ms, until one answers: `ask` gives `Ok` with the final
+/// result once a node answered, `Err` to try the next one. Bounded by `timeout`.
+async fn first_answer<T, F, Fut>(
+    admin: &ClientConfig,
+    endpoints: &[String],
+    timeout: Duration,
+    what: &str,
+    ask: F,
+) -> Result<T, String>
+where
+    F: Fn(Kv) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, String>, String>>,
+{
     let start = Instant::now();
     let mut last = String::new();
     let mut attempt = 0usize;
@@ -455,30 +451,43 @@ pub async fn read_set(admin: &ClientConfig, endpoints: &[String], timeout: Durat
         let ep = &endpoints[attempt % endpoints.len()];
         attempt += 1;
         match Cluster::connect(admin, ep).await {
-            Ok((_, mut kv)) => {
-                let req = pb::RangeRequest {
-                    key: SET_PREFIX.as_bytes().to_vec(),
-                    prefix: true,
-                    keys_only: true,
-                    ..Default::default()
-                };
-                match tokio::time::timeout(OP_TIMEOUT, kv.range(req)).await {
-                    Ok(Ok(r)) => {
-                        let r = r.into_inner();
-                        if r.more {
-                            return Err("the set read came back incomplete (more = true)".into());
-                        }
-                        return Ok(r.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect());
-                    }
-                    Ok(Err(s)) => last = format!("{ep}: {:?}: {}", s.code(), s.message()),
-                    Err(_) => last = format!("{ep}: timed out"),
-                }
-            }
+            Ok((_, kv)) => match ask(kv).await {
+                Ok(answer) => return answer,
+                Err(e) => last = format!("{ep}: {e}"),
+            },
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("no node answered the final set read within {timeout:?}; last: {last}"))
+    Err(format!("no node answered the final {what} within {timeout:?}; last: {last}"))
+}
+
+/// How a call's failure reads in [`first_answer`]'s last error.
+fn call_error<T>(r: Result<Result<T, tonic::Status>, tokio::time::error::Elapsed>) -> Result<T, String> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// The keys under [`SET_PREFIX`] as a linearizable read sees them, asked of each endpoint in
+/// turn until one answers (bounded by `timeout`).
+pub async fn read_set(admin: &ClientConfig, endpoints: &[String], timeout: Duration) -> Result<Vec<String>, String> {
+    first_answer(admin, endpoints, timeout, "set read", |mut kv| async move {
+        let req = pb::RangeRequest {
+            key: SET_PREFIX.as_bytes().to_vec(),
+            prefix: true,
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = call_error(tokio::time::timeout(OP_TIMEOUT, kv.range(req)).await)?.into_inner();
+        if r.more {
+            return Ok(Err("the set read came back incomplete (more = true)".into()));
+        }
+        Ok(Ok(r.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()))
+    })
+    .await
 }
 
 /// How long after the faults stop until a write succeeds: one put at a time, each bounded by

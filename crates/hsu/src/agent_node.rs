@@ -249,18 +249,10 @@ impl AgentNode {
     }
 
     fn depart(&self, departure: Departure) {
-        if !self.inner.removal.set(departure.clone()) {
-            return;
+        let who = format!("this agent-only node (id {})", self.id());
+        if self.inner.removal.depart(&self.inner.dir, &who, departure) {
+            self.inner.stop.send_replace(true);
         }
-        match &departure {
-            Departure::Removed(reason) => tracing::error!(
-                "this agent-only node (id {}) was removed from the cluster: {reason}; stopping its units and exiting",
-                self.id()
-            ),
-            Departure::Left => info!("this agent-only node left the cluster; stopping its units"),
-        }
-        crate::removal::mark(&self.inner.dir, &departure);
-        self.inner.stop.send_replace(true);
     }
 
     /// Keeps the servers' revocation list (and a copy in the data directory).

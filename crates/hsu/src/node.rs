@@ -1005,17 +1005,9 @@ impl Node {
     /// This node is no longer part of the cluster: records why in its data directory (so that
     /// `hsu node run` says so), drops the CA key, and stops.
     pub(crate) fn depart(&self, departure: Departure) {
-        if !self.inner.removal.set(departure.clone()) {
+        if !self.inner.removal.depart(&self.inner.dir, &format!("this node (id {})", self.id()), departure) {
             return;
         }
-        match &departure {
-            Departure::Removed(reason) => tracing::error!(
-                "this node (id {}) was removed from the cluster: {reason}; stopping its units and exiting",
-                self.id()
-            ),
-            Departure::Left => tracing::info!("this node left the cluster; stopping its units"),
-        }
-        crate::removal::mark(&self.inner.dir, &departure);
         *self.inner.ca_key.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = std::fs::remove_file(crate::datadir::DataDir::new(&self.inner.dir).ca_key_file());
         self.request_stop();

@@ -42,6 +42,22 @@ impl Removal {
     pub fn get(&self) -> Option<Departure> {
         self.0.get().cloned()
     }
+
+    /// Records the departure of `who` (e.g. "node 3"), says so once in the log and marks data
+    /// directory `root`. False if the node had departed already (nothing is done again).
+    pub fn depart(&self, root: &Path, who: &str, departure: Departure) -> bool {
+        if !self.set(departure.clone()) {
+            return false;
+        }
+        match &departure {
+            Departure::Removed(reason) => {
+                tracing::error!("{who} was removed from the cluster: {reason}; stopping its units and exiting")
+            }
+            Departure::Left => tracing::info!("{who} left the cluster; stopping its units"),
+        }
+        mark(root, &departure);
+        true
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -238,6 +238,19 @@ pub fn three_voters(root: &Path) -> ([NodeProc; 3], PathBuf, String) {
     (nodes, config, token)
 }
 
+/// A test unit (Python): writes its pid to `<its dir>/pids/<HSU_UNIT>` and runs until its
+/// script file is removed (so a temporary directory's cleanup ends it).
+pub const PID_UNIT: &str = r#"
+import os, sys, time
+me = os.path.abspath(__file__)
+pids = os.path.join(os.path.dirname(me), "pids")
+os.makedirs(pids, exist_ok=True)
+with open(os.path.join(pids, os.environ["HSU_UNIT"]), "w") as f:
+    f.write(str(os.getpid()))
+while os.path.exists(me):
+    time.sleep(0.2)
+"#;
+
 /// The pid a test unit wrote to `<dir>/pids/<unit>`.
 pub fn pid_of(dir: &Path, unit: &str) -> Option<i32> {
     std::fs::read_to_string(dir.join("pids").join(unit)).ok()?.trim().parse().ok()

@@ -6,25 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{alive, cli_ok, pid_of, poll, three_voters, NODE_GRACE};
-
-const SERVER: &str = r#"
-import os, sys, time
-me = os.path.abspath(__file__)
-pids = os.path.join(os.path.dirname(me), "pids")
-os.makedirs(pids, exist_ok=True)
-with open(os.path.join(pids, os.environ["HSU_UNIT"]), "w") as f:
-    f.write(str(os.getpid()))
-while os.path.exists(me):
-    time.sleep(0.2)
-"#;
+use crate::harness::{alive, cli_ok, pid_of, poll, three_voters, NODE_GRACE, PID_UNIT};
 
 #[test]
 fn a_node_alone_keeps_its_units_and_starts_them_again_after_a_restart() {
     let root = tempfile::tempdir().unwrap();
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("unit.py");
-    std::fs::write(&script, SERVER).unwrap();
+    std::fs::write(&script, PID_UNIT).unwrap();
     let (mut nodes, config, _) = three_voters(root.path());
     let spec = format!(
         "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {{name: edge}}\nspec:\n  replicas: 3\n  template: {{command: [python3, \"{}\"], stop: {{grace: 1s}}}}\n  placement: {{maxPerNode: 1}}\n",

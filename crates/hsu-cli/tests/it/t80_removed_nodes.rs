@@ -10,18 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{alive, cli, cli_ok, hsu, pid_of, poll, poll_for, NodeProc};
-
-const UNIT: &str = r#"
-import os, time
-me = os.path.abspath(__file__)
-pids = os.path.join(os.path.dirname(me), "pids")
-os.makedirs(pids, exist_ok=True)
-with open(os.path.join(pids, os.environ["HSU_UNIT"]), "w") as f:
-    f.write(str(os.getpid()))
-while os.path.exists(me):
-    time.sleep(0.2)
-"#;
+use crate::harness::{alive, cli, cli_ok, hsu, pid_of, poll, poll_for, NodeProc, PID_UNIT};
 
 /// How long a removed node may take to notice and exit.
 const NOTICE: Duration = Duration::from_secs(5);
@@ -40,7 +29,7 @@ fn removed_nodes_stop_and_exit_and_an_agent_that_leaves_exits_cleanly() {
     let root = tempfile::tempdir().unwrap();
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("unit.py");
-    std::fs::write(&script, UNIT).unwrap();
+    std::fs::write(&script, PID_UNIT).unwrap();
     let n1 = NodeProc::init(root.path(), "n1");
     let config = n1.dir.join("admin.conf");
     let token = std::fs::read_to_string(n1.dir.join("join-token")).unwrap().trim().to_string();

@@ -12,6 +12,12 @@ use tokio::time::Instant;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Snapshots every 40 entries, keeping no log behind them: a lagging or new member needs one.
+pub fn small_snapshots(cfg: &mut StoreConfig) {
+    cfg.snapshot_every = 40;
+    cfg.logs_kept_after_snapshot = 0;
+}
+
 pub fn member(id: NodeId) -> Member {
     Member::new(format!("n{id}"), format!("inproc:{id}"))
 }

@@ -1,11 +1,4 @@
-use hsu_store::StoreConfig;
-
-use crate::cluster::{member, poll, Cluster};
-
-fn small_snapshots(cfg: &mut StoreConfig) {
-    cfg.snapshot_every = 40;
-    cfg.logs_kept_after_snapshot = 0;
-}
+use crate::cluster::{member, poll, small_snapshots, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_after_purge_is_brought_up_by_snapshot() {

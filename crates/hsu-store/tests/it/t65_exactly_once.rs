@@ -145,16 +145,11 @@ async fn without_an_id_the_same_write_is_reported_indeterminate() {
     c.shutdown().await;
 }
 
-fn small_snapshots(cfg: &mut StoreConfig) {
-    cfg.snapshot_every = 40;
-    cfg.logs_kept_after_snapshot = 0;
-}
-
 /// The answers a session keeps survive a restart of every member, and travel in snapshots: a
 /// member that got the state by snapshot, once it leads, answers a retry instead of applying it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_restarts_and_travel_in_snapshots() {
-    let mut c = Cluster::start_with(3, small_snapshots).await;
+    let mut c = Cluster::start_with(3, crate::cluster::small_snapshots).await;
     let id = RequestId { client: 0xbeef, seq: 1, oldest_pending: 1, retry: false };
     let retry = RequestId { retry: true, ..id };
     let first = c.on_leader(|s| async move { s.propose_once(increment(0), id).await }).await;
