@@ -303,9 +303,9 @@ impl Node {
     }
 
     /// Checks that `cert_der` is the certificate node `id` was enrolled with, and that the node is
-    /// neither removed nor revoked, against this node's copy of the store. Every server holds the
-    /// CA key, so a removed server could mint itself a certificate for any id: chaining to the CA
-    /// is necessary, not sufficient. A store that has not received the node records yet (a node
+    /// neither removed nor revoked, against this node's copy of the store. A removed voter may
+    /// keep a copy of the CA key and mint itself a certificate for any id: chaining to the CA is
+    /// necessary, not sufficient. A store that has not received the node records yet (a node
     /// that is joining and catching up) knows nobody and relies on the TLS checks alone.
     pub fn check_peer(&self, id: NodeId, cert_der: &[u8]) -> Result<(), String> {
         if self.is_revoked(id) {
@@ -944,8 +944,10 @@ impl Node {
                     }
                 }
             }
+            // Only a membership change can make this node a voter.
+            let seen = metrics.borrow().membership_config.log_id().to_owned();
             tokio::select! {
-                r = metrics.changed() => if r.is_err() { return },
+                r = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => if r.is_err() { return },
                 () = self.stopped() => return,
             }
         }
