@@ -221,9 +221,10 @@ impl Node {
     /// its place in this node's Raft membership.
     pub(crate) fn role_of(&self, identity: &Identity) -> Role {
         let id = match identity {
-            Identity::Agent(_) => return Role::Agent,
             Identity::Node(id) => *id,
-            Identity::Admin(_) => return Role::Agent,
+            // Callers refuse identities without a node id before asking; were one to get here,
+            // it gets the least.
+            Identity::Agent(_) | Identity::Admin(_) => return Role::Agent,
         };
         let kv = self.store().range_local(&KeyRange::Key(records::node_key(id).into_bytes()), 1).kvs.into_iter().next();
         if kv.and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok()).is_some_and(|r| r.agent_only) {

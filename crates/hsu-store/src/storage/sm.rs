@@ -52,6 +52,14 @@ fn prefixed(tag: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The big-endian number after the tag byte of a lease or session key.
+fn number_key(k: &[u8], what: &str) -> Result<u64, OpenError> {
+    super::from_be(&k[1..]).ok_or_else(|| OpenError::Inconsistent {
+        tree: "state machine",
+        detail: format!("key {} is not a {what}", show_key(k)),
+    })
+}
+
 fn event_key(revision: u64, seq: u32) -> Vec<u8> {
     let mut k = prefixed(EVENT, &be(revision));
     k.extend_from_slice(&seq.to_be_bytes());
@@ -141,21 +149,13 @@ impl SmShared {
                     kv.insert(k[1..].to_vec(), decode_record::<StoredKv>(&v).map_err(err)?);
                 }
                 Some(&LEASE) => {
-                    let id = super::from_be(&k[1..]).ok_or_else(|| OpenError::Inconsistent {
-                        tree: tree_label,
-                        detail: format!("lease key {} is not a lease id", show_key(&k)),
-                    })?;
-                    leases.insert(id, decode_record::<StoredLease>(&v).map_err(err)?);
+                    leases.insert(number_key(&k, "lease id")?, decode_record::<StoredLease>(&v).map_err(err)?);
                 }
                 Some(&EVENT) => {
                     decode_record::<Event>(&v).map_err(err)?;
                 }
                 Some(&SESSION) => {
-                    let client = super::from_be(&k[1..]).ok_or_else(|| OpenError::Inconsistent {
-                        tree: tree_label,
-                        detail: format!("session key {} is not a client id", show_key(&k)),
-                    })?;
-                    sessions.insert(client, decode_record::<Session>(&v).map_err(err)?);
+                    sessions.insert(number_key(&k, "client id")?, decode_record::<Session>(&v).map_err(err)?);
                 }
                 _ => match &*k {
                     META_APPLIED => last_applied = decode_record(&v).map_err(err)?,
