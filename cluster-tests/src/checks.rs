@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hsu::client::ClientConfig;
+use hsu_lincheck::{Checker, Outcome, Verdict};
 use hsu_proto::v1 as pb;
-use hsu_store::linearizability::{Checker, Outcome, Verdict};
+use hsu_sdk::client::ClientConfig;
 use tokio::sync::watch;
 
 use crate::cluster::Cluster;

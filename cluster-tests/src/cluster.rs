@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hsu::client::{self, ClientConfig, Cluster as ClusterClient, Kv};
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::{self, ClientConfig, Cluster as ClusterClient, Kv};
 
 use crate::lazyfs::LazyFs;
 use crate::net::{self, Host, Net};

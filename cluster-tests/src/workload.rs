@@ -17,9 +17,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hsu::client::{ClientConfig, Kv};
+use hsu_lincheck::{Op, Operation, Outcome};
 use hsu_proto::v1 as pb;
-use hsu_store::linearizability::{Op, Operation, Outcome};
+use hsu_sdk::client::{ClientConfig, Kv};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ impl History {
 
 /// True when a write's error says that nothing took effect (see the module docs).
 pub fn nothing_proposed(status: &tonic::Status) -> bool {
-    match status.metadata().get(hsu::error::OUTCOME_KEY).map(|v| v.as_bytes()) {
+    match status.metadata().get(hsu_sdk::client::OUTCOME_KEY).map(|v| v.as_bytes()) {
         Some(b"not-applied") => true,
         Some(_) => false,
         // Refused by the API layer before anything reached the store.

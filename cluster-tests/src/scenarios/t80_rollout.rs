@@ -55,7 +55,7 @@ async fn apply(ctx: &Ctx, text: String, within: Duration) -> Result<(), String> 
                 files: vec![pb::SourceFile { name: "web.yaml".into(), content: text.clone() }],
                 dry_run: false,
             };
-            match hsu::client::connect_deployments(&ctx.cluster.admin, Some(&endpoint)).await {
+            match hsu_sdk::client::connect_deployments(&ctx.cluster.admin, Some(&endpoint)).await {
                 Ok(mut c) => match tokio::time::timeout(Duration::from_secs(5), c.apply(req)).await {
                     Ok(Ok(_)) => return Ok(()),
                     Ok(Err(s)) => last = format!("{endpoint}: {}", s.message()),
@@ -73,7 +73,7 @@ async fn instances(ctx: &Ctx) -> Result<Vec<pb::InstanceInfo>, String> {
     let mut last = String::new();
     for endpoint in ctx.cluster.endpoints() {
         let req = pb::ListRequest { namespace: "default".into(), name: "web".into() };
-        match hsu::client::connect_deployments(&ctx.cluster.admin, Some(&endpoint)).await {
+        match hsu_sdk::client::connect_deployments(&ctx.cluster.admin, Some(&endpoint)).await {
             Ok(mut c) => match tokio::time::timeout(Duration::from_secs(3), c.list_instances(req)).await {
                 Ok(Ok(r)) => return Ok(r.into_inner().instances),
                 Ok(Err(s)) => last = format!("{endpoint}: {}", s.message()),

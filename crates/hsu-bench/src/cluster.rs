@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::stream::{FuturesUnordered, StreamExt};
-use hsu::client::ClientConfig;
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::ClientConfig;
 use tokio::time::{sleep, timeout};
 use tonic::transport::Channel;
 
@@ -77,7 +77,7 @@ impl Endpoints {
     async fn hsu_status(&self, i: usize) -> Result<pb::StatusResponse, String> {
         let Endpoints::Hsu { cfg, apis } = self else { return Err("not an HSU cluster".into()) };
         let endpoint = apis[i].to_string();
-        let (mut cluster, _) = timeout(PROBE_TIMEOUT, hsu::client::connect(cfg, Some(&endpoint)))
+        let (mut cluster, _) = timeout(PROBE_TIMEOUT, hsu_sdk::client::connect(cfg, Some(&endpoint)))
             .await
             .map_err(|_| format!("connecting to {endpoint} timed out"))?
             .map_err(|e| e.to_string())?;
@@ -93,7 +93,7 @@ impl Endpoints {
         match self {
             Endpoints::Hsu { cfg, apis } => {
                 let endpoint = apis[i].to_string();
-                let (_, kv) = timeout(PROBE_TIMEOUT * 5, hsu::client::connect(cfg, Some(&endpoint)))
+                let (_, kv) = timeout(PROBE_TIMEOUT * 5, hsu_sdk::client::connect(cfg, Some(&endpoint)))
                     .await
                     .map_err(|_| format!("connecting to {endpoint} timed out"))?
                     .map_err(|e| e.to_string())?;
@@ -148,12 +148,12 @@ async fn etcd_channel(addr: SocketAddr) -> Result<Channel, String> {
     timeout(PROBE_TIMEOUT * 2, endpoint.connect())
         .await
         .map_err(|_| format!("connecting to {addr} timed out"))?
-        .map_err(|e| format!("cannot connect to {addr}: {}", hsu::client::error_chain(&e)))
+        .map_err(|e| format!("cannot connect to {addr}: {}", hsu_sdk::client::error_chain(&e)))
 }
 
 /// One client connection of either system.
 pub enum Conn {
-    Hsu(hsu::client::Kv),
+    Hsu(hsu_sdk::client::Kv),
     Etcd(etcdpb::kv_client::KvClient<Channel>),
 }
 

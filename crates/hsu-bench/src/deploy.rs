@@ -49,12 +49,12 @@ fn spec(name: &str, replicas: u32, marker: &Path) -> String {
     )
 }
 
-async fn client(endpoints: &Endpoints) -> anyhow::Result<hsu::client::Deployments> {
+async fn client(endpoints: &Endpoints) -> anyhow::Result<hsu_sdk::client::Deployments> {
     let Endpoints::Hsu { cfg, apis } = endpoints else { bail!("not an HSU cluster") };
-    Ok(hsu::client::connect_deployments(cfg, Some(&apis[0].to_string())).await?)
+    Ok(hsu_sdk::client::connect_deployments(cfg, Some(&apis[0].to_string())).await?)
 }
 
-async fn ready_count(api: &mut hsu::client::Deployments, name: &str) -> anyhow::Result<(usize, usize)> {
+async fn ready_count(api: &mut hsu_sdk::client::Deployments, name: &str) -> anyhow::Result<(usize, usize)> {
     let req = pb::ListRequest { namespace: "default".into(), name: name.into() };
     let list = api.list_instances(req).await?.into_inner().instances;
     Ok((list.iter().filter(|i| i.ready).count(), list.len()))

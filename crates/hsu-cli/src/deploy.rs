@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use hsu::client::{self, ClientConfig};
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::{self, ClientConfig};
 use serde_json::json;
 
 use crate::output::{print, table, Format};

@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hsu::bootstrap::{self, InitOptions, JoinOptions};
-use hsu::client::{self, ClientConfig};
 use hsu::{Node, Tuning};
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::{self, ClientConfig};
 use output::{print, table, Format};
 use serde::Serialize;
 

@@ -78,31 +78,16 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut metrics = store.raft().metrics();
+    let mut status = store.status_watch();
     loop {
         // Wait to lead.
-        let lead = async {
-            loop {
-                let leading = {
-                    let m = metrics.borrow_and_update();
-                    m.current_leader == Some(store.id()) && m.state == openraft::ServerState::Leader
-                };
-                if leading {
-                    return true;
-                }
-                if metrics.changed().await.is_err() {
-                    return false;
-                }
-            }
-        };
+        let lead = status.wait_for(|s| s.leader == Some(store.id()) && s.is_leader());
         let leading = tokio::select! {
             l = lead => l,
             () = &mut stop => return,
         };
-        if !leading {
-            return;
-        }
-        let term = metrics.borrow().current_term;
+        let Ok(leading) = leading else { return };
+        let term = leading.term;
         info!(term, "leading: the controllers run here");
         reports.clear();
         let since = Instant::now();
@@ -113,8 +98,8 @@ pub async fn run(
             .collect();
         loop {
             let still = {
-                let m = metrics.borrow();
-                m.current_leader == Some(store.id()) && m.current_term == term
+                let s = status.current();
+                s.leader == Some(store.id()) && s.term == term
             };
             if !still {
                 info!("no longer leading: the controllers stop here");

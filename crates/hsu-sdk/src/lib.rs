@@ -1,5 +1,7 @@
-//! For integrated units written in Rust: serve `hsu.core.v1.Core` on the address the agent passes
-//! in `HSU_CORE_ADDR`, report health, and learn when the agent asks the unit to shut down.
+//! For programs that use HSU: [`client`] reaches a cluster's API (the config file, TLS or a
+//! token, the service clients); [`Core`] is for integrated units written in Rust: serve
+//! `hsu.core.v1.Core` on the address the agent passes in `HSU_CORE_ADDR`, report health, and
+//! learn when the agent asks the unit to shut down.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), hsu_sdk::Error> {
@@ -10,6 +12,8 @@
 //! core.stop().await; // answers what is in flight, then exit 0
 //! # Ok(()) }
 //! ```
+
+pub mod client;
 
 use std::net::SocketAddr;
 use std::time::Duration;

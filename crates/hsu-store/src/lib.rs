@@ -8,25 +8,24 @@
 //!
 //! The Raft network is the [`RaftTransport`] trait. [`Router`] implements it in process with
 //! fault injection for tests; real nodes carry it over QUIC.
-//!
-//! [`linearizability`] checks recorded client histories against a sequential model of this
-//! store; the randomized tests and the cluster tests use it.
 
 mod error;
+pub mod forge;
 mod kv;
 mod lease;
-pub mod linearizability;
 mod network;
 mod read_index;
 mod router;
+mod status;
 mod storage;
 mod store;
 mod types;
 mod watch;
 
 pub use error::{Error, OpenError};
-pub use network::{serve_rpc, Connection, Network, RaftTransport, RpcKind, TransportError};
+pub use network::{Connection, Network, RaftTransport, RpcKind, TransportError};
 pub use router::{Router, RouterTransport};
+pub use status::{Members, RaftRole, RaftStatus, StatusWatch, Stopped};
 pub use storage::log::LogStore;
 pub use storage::sm::StateMachine;
 pub use storage::DATA_VERSION;

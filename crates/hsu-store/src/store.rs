@@ -16,8 +16,9 @@ use tracing::Instrument;
 
 use crate::error::{Error, OpenError};
 use crate::lease::{leader_term, SharedLeaseClock};
-use crate::network::{Network, RaftTransport};
+use crate::network::{Network, RaftTransport, RpcKind};
 use crate::read_index::ReadBatcher;
+use crate::status::{RaftStatus, StatusWatch};
 use crate::storage::log::LogStore;
 use crate::storage::sm::{SmShared, StateMachine};
 use crate::storage::Disk;
@@ -164,9 +165,32 @@ impl Store {
         self.inner.id
     }
 
-    /// The Raft instance, for metrics and membership.
+    /// The Raft instance, for this crate's own tests and benches (which steer elections and
+    /// read openraft's metrics). Other crates use [`Store::status`] and [`Store::status_watch`];
+    /// the workspace's tidy test refuses a call of this outside hsu-store.
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// This member's view of its group now: role, term, leader, membership.
+    pub fn status(&self) -> RaftStatus {
+        self.status_watch().current()
+    }
+
+    /// A watch of this member's view of its group.
+    pub fn status_watch(&self) -> StatusWatch {
+        StatusWatch::new(&self.inner.raft)
+    }
+
+    /// Whether this member has a membership yet (it was initialized, or it joined a group).
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
+        self.inner.raft.is_initialized().await.map_err(fatal)
+    }
+
+    /// Handles one encoded Raft RPC that the transport received from `from`; see
+    /// [`crate::network::serve_rpc`].
+    pub async fn serve_rpc(&self, kind: RpcKind, body: &[u8], from: NodeId) -> Result<Vec<u8>, String> {
+        crate::network::serve_rpc(&self.inner.raft, kind, body, from).await
     }
 
     /// The index of the last entry this member applied.

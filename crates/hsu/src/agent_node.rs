@@ -62,10 +62,9 @@ impl Node {
                 let r = node.store().range_local(&KeyRange::Prefix(prefix.clone().into_bytes()), 0);
                 let instances = r.kvs.iter().filter_map(|kv| decode_record::<InstanceRecord>(&kv.value).ok()).collect();
                 let servers = {
-                    let m = node.store().raft().metrics().borrow().membership_config.clone();
-                    let membership = m.membership();
-                    crate::node::voters_first(membership.nodes().map(|(id, n)| (*id, n.addr.clone())), |id| {
-                        membership.voter_ids().any(|v| v == id)
+                    let members = node.store().status().members;
+                    crate::node::voters_first(members.nodes().map(|(id, n)| (id, n.addr.clone())), |id| {
+                        members.is_voter(id)
                     })
                 };
                 let revoked = node.revoked_ids();

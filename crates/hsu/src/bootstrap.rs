@@ -15,12 +15,12 @@ use hsu_store::{Member, Op, Request, Txn};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::agent_node::AgentNode;
-use crate::client::{channel, error_chain, ClientConfig};
 use crate::datadir::{DataDir, JoinedVia, NodeState, Pki};
 use crate::error::NodeError;
 use crate::node::{validate_name, Node, Tuning};
 use crate::peer::{PeerReply, PeerRequest};
 use crate::records::{self, ApiRole, CaRecord, ClusterInfo, NodeRecord, TokenKind};
+use hsu_sdk::client::{channel, error_chain, ClientConfig};
 
 /// Certificates are valid for a year; the CA for ten.
 const CERT_DAYS: u32 = 365;
@@ -346,7 +346,7 @@ pub async fn run(
     dir.save_state(&state)?;
     let pki = dir.load_pki()?;
     let node = Node::start(&dir, state.clone(), pki.clone(), tuning).await?;
-    let initialized = node.store().raft().is_initialized().await.map_err(|e| NodeError::Config(e.to_string()))?;
+    let initialized = node.store().is_initialized().await.map_err(|e| NodeError::Config(e.to_string()))?;
     if let (false, Some(via)) = (initialized, &state.joined_via) {
         // Enrolled, but never added to Raft (the join was interrupted): finish it now.
         let role = pb::Role::try_from(via.role).unwrap_or(pb::Role::Auto);

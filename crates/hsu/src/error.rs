@@ -1,5 +1,6 @@
 //! The node's errors, and their mapping to gRPC statuses in one place.
 
+use hsu_sdk::client::{ClientError, OUTCOME_KEY};
 use hsu_store::Error as StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,16 +22,13 @@ pub enum NodeError {
     #[error("{0}")]
     Api(String),
     #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
     /// The node left or was removed from the cluster; it does not start again.
     #[error("{0}")]
     Departed(String),
 }
-
-/// The metadata key every error of a store call carries: whether the request certainly had no
-/// effect (`not-applied`: safe to send again) or may have (`unknown`). Clients decide from it,
-/// never from the message text.
-pub const OUTCOME_KEY: &str = "hsu-outcome";
 
 /// The gRPC status for a store error: what the client can act on gets a specific code, and
 /// [`OUTCOME_KEY`] says whether a write may have taken effect.
@@ -65,7 +63,7 @@ impl From<NodeError> for tonic::Status {
             NodeError::Store(s) => status_of(s),
             NodeError::Peer(p) => p.into(),
             NodeError::Join(m) => tonic::Status::permission_denied(format!("join refused: {m}")),
-            NodeError::Config(m) => tonic::Status::invalid_argument(m),
+            NodeError::Config(m) | NodeError::Client(ClientError::Config(m)) => tonic::Status::invalid_argument(m),
             other => tonic::Status::internal(other.to_string()),
         }
     }

@@ -6,7 +6,6 @@ pub mod agent_node;
 pub mod api;
 pub mod authz;
 pub mod bootstrap;
-pub mod client;
 pub mod datadir;
 pub mod deployments;
 pub mod error;

@@ -17,7 +17,6 @@ use hsu_store::{
     Compare, CompareOp, CompareTarget, Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request,
     RequestId, Response, Store, StoreConfig, Txn,
 };
-use openraft::ServerState;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -230,12 +229,10 @@ impl Node {
         if kv.and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok()).is_some_and(|r| r.agent_only) {
             return Role::Agent;
         }
-        let m = self.store().raft().metrics();
-        let m = m.borrow();
-        let membership = m.membership_config.membership();
-        if membership.voter_ids().any(|v| v == id) {
+        let members = self.store().status().members;
+        if members.is_voter(id) {
             Role::Voter
-        } else if membership.get_node(&id).is_some() {
+        } else if members.contains(id) {
             Role::Learner
         } else {
             Role::Joining
@@ -322,7 +319,7 @@ impl Node {
         // A node marked removed may still finish leaving: its record is marked before the
         // membership change (a leader that removes itself cannot write afterwards), and until that
         // change commits it may have to forward its own removal to a new leader.
-        let in_membership = store.raft().metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        let in_membership = store.status().members.contains(id);
         if record.removed && !in_membership {
             return Err(format!("node {id} was removed from the cluster"));
         }
@@ -366,15 +363,11 @@ impl Node {
 
     /// Waits until some member is the leader, for at most `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, NodeError> {
-        let mut m = self.store().raft().metrics();
+        let mut status = self.store().status_watch();
         let leader = tokio::time::timeout(timeout, async {
-            loop {
-                if let Some(l) = m.borrow_and_update().current_leader {
-                    return l;
-                }
-                if m.changed().await.is_err() {
-                    return 0;
-                }
+            match status.wait_for(|s| s.leader.is_some()).await {
+                Ok(s) => s.leader.unwrap_or(0),
+                Err(_) => 0,
             }
         })
         .await
@@ -405,19 +398,18 @@ impl Node {
         let mut maybe_sent = false;
         loop {
             let (leader, member) = {
-                let m = self.store().raft().metrics();
-                let m = m.borrow();
-                let membership = m.membership_config.membership();
-                match m.current_leader {
-                    Some(l) => (Some(l), membership.get_node(&l).cloned()),
+                let status = self.store().status();
+                match status.leader {
+                    Some(l) => (Some(l), status.members.get(l).cloned()),
                     None => match hint.take() {
                         Some((l, member)) => (Some(l), Some(member)),
                         None => {
                             // No leader known: ask another member, which answers or names the leader.
-                            let others: Vec<(NodeId, Member)> = membership
+                            let others: Vec<(NodeId, Member)> = status
+                                .members
                                 .nodes()
-                                .filter(|(id, _)| **id != self.id())
-                                .map(|(id, n)| (*id, n.clone()))
+                                .filter(|(id, _)| *id != self.id())
+                                .map(|(id, n)| (id, n.clone()))
                                 .collect();
                             probe += 1;
                             match others.get(probe % others.len().max(1)) {
@@ -490,8 +482,7 @@ impl Node {
 
     /// Resolves once this node knows of a leader other than `old` (never, if the store stops).
     async fn leader_replaced(&self, old: NodeId) {
-        let mut metrics = self.store().raft().metrics();
-        if metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != old)).await.is_err() {
+        if self.store().status_watch().wait_for(|s| s.leader.is_some_and(|l| l != old)).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
@@ -547,14 +538,11 @@ impl Node {
     }
 
     fn must_lead(&self) -> Result<(), PeerError> {
-        let m = self.store().raft().metrics();
-        let m = m.borrow();
-        if m.state == ServerState::Leader {
+        let status = self.store().status();
+        if status.is_leader() {
             Ok(())
         } else {
-            let leader =
-                m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.clone())));
-            Err(Error::NotLeader { leader }.into())
+            Err(Error::NotLeader { leader: status.leader_member() }.into())
         }
     }
 
@@ -747,12 +735,8 @@ impl Node {
             if self.store().txn(txn).await?.succeeded {
                 tracing::info!(node = id, name = %ticket.name, agent_only = ticket.agent_only, "node enrolled");
                 let servers = {
-                    let m = self.store().raft().metrics();
-                    let m = m.borrow();
-                    let membership = m.membership_config.membership();
-                    voters_first(membership.nodes().map(|(id, n)| (*id, n.addr.clone())), |id| {
-                        membership.voter_ids().any(|v| v == id)
-                    })
+                    let members = self.store().status().members;
+                    voters_first(members.nodes().map(|(id, n)| (id, n.addr.clone())), |id| members.is_voter(id))
                 };
                 return Ok(JoinGrant {
                     id,
@@ -779,14 +763,8 @@ impl Node {
             return Err(PeerError::Denied(format!("node {id} is an agent-only node: it is never added to raft")));
         }
         let (is_voter, is_member, voters) = {
-            let m = self.store().raft().metrics();
-            let m = m.borrow();
-            let membership = m.membership_config.membership();
-            (
-                membership.voter_ids().any(|v| v == id),
-                membership.get_node(&id).is_some(),
-                membership.voter_ids().count() as u32,
-            )
+            let members = self.store().status().members;
+            (members.is_voter(id), members.contains(id), members.voter_count() as u32)
         };
         if is_voter {
             return Ok("voter".into());
@@ -816,11 +794,7 @@ impl Node {
 
     async fn remove_member_as_leader(&self, id: NodeId, revoke: bool) -> Result<(), PeerError> {
         self.must_lead()?;
-        let in_membership = {
-            let m = self.store().raft().metrics();
-            let m = m.borrow();
-            m.membership_config.membership().get_node(&id).is_some()
-        };
+        let in_membership = self.store().status().members.contains(id);
         if !in_membership && self.get_record::<NodeRecord>(&records::node_key(id)).await?.is_none() {
             return Err(PeerError::NotFound(format!("node {id}")));
         }
@@ -856,8 +830,7 @@ impl Node {
         self.must_lead()?;
         let record: NodeRecord =
             self.get_record(&records::node_key(id)).await?.ok_or_else(|| PeerError::NotFound(format!("node {id}")))?;
-        let in_membership =
-            self.store().raft().metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        let in_membership = self.store().status().members.contains(id);
         if in_membership {
             let _one_at_a_time = self.inner.membership.lock().await;
             let timeout = self.inner.tuning.request_timeout;
@@ -893,16 +866,7 @@ impl Node {
         if let Some(key) = self.ca_key_local() {
             return Ok(key);
         }
-        let voters: Vec<(NodeId, Member)> = {
-            let m = self.store().raft().metrics();
-            let m = m.borrow();
-            let membership = m.membership_config.membership();
-            membership
-                .nodes()
-                .filter(|(id, _)| **id != self.id() && membership.voter_ids().any(|v| v == **id))
-                .map(|(id, n)| (*id, n.clone()))
-                .collect()
-        };
+        let voters = self.store().status().members.other_voters(self.id());
         let mut last = format!("node {} knows no other voter to ask", self.id());
         for (id, member) in voters {
             let timeout = self.inner.tuning.request_timeout;
@@ -927,7 +891,7 @@ impl Node {
     /// While this node is a voter without the CA key (just promoted), fetches it, so that it can
     /// sign joins when it leads.
     async fn keep_ca_key(self) {
-        let mut metrics = self.store().raft().metrics();
+        let mut status = self.store().status_watch();
         let mut backoff = Duration::from_millis(200);
         loop {
             let voter = self.own_role() == Role::Voter;
@@ -946,9 +910,9 @@ impl Node {
                 }
             }
             // Only a membership change can make this node a voter.
-            let seen = metrics.borrow().membership_config.log_id().to_owned();
+            let seen = status.current().membership_index;
             tokio::select! {
-                r = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => if r.is_err() { return },
+                r = status.wait_for(|s| s.membership_index != seen) => if r.is_err() { return },
                 () = self.stopped() => return,
             }
         }
@@ -956,8 +920,7 @@ impl Node {
 
     /// Where to send what a learner may not forward: the voters' API addresses.
     fn voter_hint(&self) -> String {
-        let voters: Vec<NodeId> =
-            self.store().raft().metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: Vec<NodeId> = self.store().status().members.voter_ids().collect();
         let nodes = self.list_local::<NodeRecord>(records::NODES).unwrap_or_default();
         let apis: Vec<String> = nodes
             .iter()
@@ -1041,54 +1004,53 @@ impl Node {
 
     fn health_as_leader(&self) -> Result<HealthView, PeerError> {
         self.must_lead()?;
-        let m = self.store().raft().metrics().borrow().clone();
-        let last = m.last_log_index.unwrap_or(0);
+        let status = self.store().status();
+        let last = status.last_log_index;
         let fresh = self.inner.tuning.election_timeout_max * 2;
         let mut members = vec![(self.id(), last, true)];
-        for (id, matched) in m.replication.iter().flatten() {
-            if *id == self.id() {
+        for (&id, &matched) in status.matched.iter().flatten() {
+            if id == self.id() {
                 continue;
             }
-            let matched = matched.map_or(0, |l| l.index);
-            let heard = self.inner.contact.since(*id).is_some_and(|d| d < fresh);
-            members.push((*id, matched, heard && last.saturating_sub(matched) < 10_000));
+            let heard = self.inner.contact.since(id).is_some_and(|d| d < fresh);
+            members.push((id, matched, heard && last.saturating_sub(matched) < 10_000));
         }
-        Ok(HealthView { leader: Some(self.id()), term: m.current_term, members })
+        Ok(HealthView { leader: Some(self.id()), term: status.term, members })
     }
 
     /// Leader, term, commit index and members with their health.
     pub async fn status(&self) -> Result<ClusterStatus, PeerError> {
-        let m = self.store().raft().metrics().borrow().clone();
+        let status = self.store().status();
         let health = match self.leader_call(PeerRequest::Health).await {
             Ok(PeerReply::Health(h)) => h,
             _ => HealthView::default(),
         };
         let nodes: BTreeMap<NodeId, NodeRecord> =
             self.list_local::<NodeRecord>(records::NODES)?.into_iter().map(|n| (n.id, n)).collect();
-        let membership = m.membership_config.membership();
+        let membership = &status.members;
         let mut members = Vec::new();
         for (id, member) in membership.nodes() {
             let (matched, healthy) =
-                health.members.iter().find(|(h, _, _)| h == id).map(|(_, mi, ok)| (*mi, *ok)).unwrap_or((0, false));
+                health.members.iter().find(|(h, _, _)| *h == id).map(|(_, mi, ok)| (*mi, *ok)).unwrap_or((0, false));
             members.push(MemberStatus {
-                id: *id,
+                id,
                 name: member.name.clone(),
-                role: if membership.voter_ids().any(|v| v == *id) { "voter" } else { "learner" },
+                role: if membership.is_voter(id) { "voter" } else { "learner" },
                 address: member.addr.clone(),
-                api_address: nodes.get(id).map(|n| n.api_address.clone()).unwrap_or_default(),
+                api_address: nodes.get(&id).map(|n| n.api_address.clone()).unwrap_or_default(),
                 healthy,
                 matched_index: matched,
             });
         }
-        let leader_id = health.leader.or(m.current_leader);
-        let leader = leader_id.map(|l| (l, membership.get_node(&l).map(|n| n.name.clone()).unwrap_or_default()));
+        let leader_id = health.leader.or(status.leader);
+        let leader = leader_id.map(|l| (l, membership.get(l).map(|n| n.name.clone()).unwrap_or_default()));
         let commit_index = members.iter().find(|mm| Some(mm.id) == leader_id).map_or(0, |mm| mm.matched_index);
         Ok(ClusterStatus {
             leader,
             // The leader's term when a leader answered; this member's own view otherwise.
-            term: if health.leader.is_some() { health.term } else { m.current_term },
-            commit_index: commit_index.max(m.last_applied.map_or(0, |l| l.index)),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            term: if health.leader.is_some() { health.term } else { status.term },
+            commit_index: commit_index.max(status.applied_index),
+            applied_index: status.applied_index,
             members,
             served_by: self.id(),
             cluster_name: self.inner.state.cluster_name.clone(),

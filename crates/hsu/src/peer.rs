@@ -13,8 +13,7 @@ use hsu_model::{decode_record, encode_record, NodeId};
 use hsu_net::pki::{identity_of, Identity};
 use hsu_net::quic::{Endpoint, Handler, NetError, Peer};
 use hsu_store::{
-    serve_rpc, Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, RequestId, Response, RpcKind,
-    TransportError,
+    Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, RequestId, Response, RpcKind, TransportError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -373,7 +372,7 @@ impl Handler for PeerHandler {
             other => return Err(format!("unknown method {other}")),
         };
         authz::allowed(caller, &Ask::Raft)?;
-        serve_rpc(node.store().raft(), kind, &body, caller.id).await
+        node.store().serve_rpc(kind, &body, caller.id).await
     }
 
     async fn stream(

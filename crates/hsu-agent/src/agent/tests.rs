@@ -1,3 +1,5 @@
+//! Tests of the agent's reconcile: only what changed is touched; records of a previous agent are adopted or stopped.
+
 use super::*;
 use hsu_model::unit::parse_units;
 

@@ -1,3 +1,5 @@
+//! Three real processes form a cluster through the CLI, survive a kill -9 and shrink when one leaves.
+
 use serde_json::Value;
 
 use crate::harness::{cli, cli_ok, poll, status_json, NodeProc};

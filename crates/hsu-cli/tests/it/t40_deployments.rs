@@ -106,8 +106,8 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let cfg = hsu::client::ClientConfig::load(&config).unwrap();
-                let mut api = hsu::client::connect_deployments(&cfg, Some(&api.to_string())).await.unwrap();
+                let cfg = hsu_sdk::client::ClientConfig::load(&config).unwrap();
+                let mut api = hsu_sdk::client::connect_deployments(&cfg, Some(&api.to_string())).await.unwrap();
                 while !s.load(Ordering::Relaxed) {
                     let req = hsu_proto::v1::ListRequest { namespace: "default".into(), name: "web".into() };
                     if let Ok(r) = api.list_instances(req).await {

@@ -1,3 +1,5 @@
+//! Tests of the job controller's decisions: runs, parallelism, retries, finished and dropped runs.
+
 use super::*;
 use hsu_model::deploy::{parse_documents, Object, Source};
 use hsu_model::state::InstanceReport;

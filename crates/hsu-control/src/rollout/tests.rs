@@ -1,3 +1,5 @@
+//! Tests of the rollout plan: surge and unavailability bounds, canaries, pauses and rollbacks.
+
 use super::*;
 use std::collections::BTreeMap;
 

@@ -1,3 +1,5 @@
+//! Tests of placement: capacity, labels, spreading and ties.
+
 use super::*;
 use hsu_model::deploy::{Constraint, LabelKey, Operator};
 use hsu_model::unit::{ByteSize, MilliCpu};

@@ -1,3 +1,5 @@
+//! Tests of the versioned record encoding.
+
 use super::*;
 
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,3 +1,5 @@
+//! Tests of deployment and job specs: parsing, validation and errors.
+
 use super::*;
 use std::time::Duration;
 

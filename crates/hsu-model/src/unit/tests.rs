@@ -1,3 +1,5 @@
+//! Tests of unit specs: parsing, validation and errors.
+
 use super::*;
 
 const GOOD: &str = r#"

@@ -1,3 +1,5 @@
+//! Tests of the frame codec: lengths, limits and truncated input.
+
 use super::*;
 
 use std::pin::Pin;

@@ -1,3 +1,5 @@
+//! Tests of the cluster PKI: certificates, identities, chains and revocation.
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,3 +1,5 @@
+//! Tests of the QUIC transport: mutual TLS, calls, streams, limits and revocation.
+
 use super::*;
 
 use std::sync::atomic::AtomicUsize;

@@ -1,3 +1,5 @@
+//! Tests of tokens: format, parse errors that never echo the secret, expiry, uses and revocation.
+
 use super::*;
 
 const HASH: [u8; 32] = [0xab; 32];

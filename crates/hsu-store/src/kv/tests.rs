@@ -1,3 +1,5 @@
+//! Tests of the versioned key-value state: counters, transactions, leases, events, compaction and client sessions.
+
 use super::*;
 
 fn put(key: &str, value: &str) -> Op {

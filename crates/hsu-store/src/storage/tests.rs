@@ -1,3 +1,5 @@
+//! Tests of the sled storage: openraft's storage suite, and directories of another format, opened twice, truncated or garbage.
+
 use std::io::Write;
 
 use openraft::testing::{StoreBuilder, Suite};

@@ -138,11 +138,21 @@ impl Cluster {
         }
     }
 
+    /// Puts `key` = `value` on the leader. A put whose leader was replaced while it was in
+    /// flight may or may not have been applied; putting the same value again leaves the same
+    /// state either way, so this helper retries it (tests of indeterminate outcomes call the
+    /// store themselves).
     pub async fn put(&self, key: &str, value: &str) -> u64 {
         let (k, v) = (key.to_string(), value.to_string());
         self.on_leader(|s| {
             let (k, v) = (k.clone(), v.clone());
-            async move { s.put(k, v, 0).await.map(|(rev, _)| rev) }
+            async move {
+                match s.put(k, v, 0).await {
+                    Ok((rev, _)) => Ok(rev),
+                    Err(Error::LeaderChanged { .. }) => Err(Error::Unavailable("the leader changed; put again".into())),
+                    Err(e) => Err(e),
+                }
+            }
         })
         .await
     }

@@ -1,3 +1,5 @@
+//! Writes replicate to every member and read back from each.
+
 use hsu_store::{Consistency, KeyRange};
 
 use crate::cluster::Cluster;

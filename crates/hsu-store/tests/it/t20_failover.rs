@@ -1,3 +1,5 @@
+//! A new leader is elected when the leader goes, and writes go on.
+
 use hsu_store::Consistency;
 
 use crate::cluster::Cluster;

@@ -1,3 +1,5 @@
+//! A partitioned minority cannot write; the majority goes on; they heal.
+
 use hsu_store::{Consistency, Error};
 
 use crate::cluster::Cluster;

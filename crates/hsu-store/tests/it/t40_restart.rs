@@ -1,3 +1,5 @@
+//! Members that restart keep what was committed and catch up.
+
 use crate::cluster::{poll, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

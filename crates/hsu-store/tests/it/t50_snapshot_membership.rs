@@ -1,3 +1,5 @@
+//! Snapshots, members added from a snapshot, and membership changes.
+
 use crate::cluster::{member, poll, small_snapshots, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,3 +1,5 @@
+//! Compare-and-swap transactions through the replicated store.
+
 use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, Error, Op, Txn};
 
 use crate::cluster::Cluster;

@@ -1,3 +1,5 @@
+//! Watches deliver every change once, in order, from a revision on.
+
 use std::time::Duration;
 
 use hsu_store::{Error, Event, EventKind, KeyRange};

@@ -1,3 +1,5 @@
+//! Leases expire their keys by the leader's clock, and keep-alives hold them.
+
 use std::time::Duration;
 
 use hsu_store::{Consistency, Error, Rejection};

@@ -1,3 +1,5 @@
+//! Damaged records are refused at open with a clear error, and nothing committed is lost.
+
 use std::path::Path;
 use std::time::Duration;
 

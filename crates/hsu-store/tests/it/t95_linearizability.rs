@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsu_store::linearizability::{Checker, Op, Operation, Outcome, Verdict};
+use hsu_lincheck::{Checker, Op, Operation, Outcome, Verdict};
 use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, Error, NodeId, Op as TxnOp, Store, Txn};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -72,7 +72,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.node, &req, Need::Read)?;
-        let membership = self.node.store().raft().metrics().borrow().membership_config.clone();
+        let membership = self.node.store().status().members;
         let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(crate::error::status_of)?;
         // Health and resources come from the leader's memory; without a leader, none are known.
         let reports = tokio::time::timeout(Duration::from_secs(1), self.node.reports_view())
@@ -88,9 +88,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     "removed"
                 } else if n.agent_only {
                     "agent"
-                } else if membership.membership().voter_ids().any(|v| v == n.id) {
+                } else if membership.is_voter(n.id) {
                     "voter"
-                } else if membership.membership().get_node(&n.id).is_some() {
+                } else if membership.contains(n.id) {
                     "learner"
                 } else {
                     "joining"
@@ -247,11 +247,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 tokio::select! {
                     r = &mut call => break r,
                     _ = tick.tick() => {
-                        let m = node.store().raft().metrics().borrow().clone();
                         let p = pb::AddMemberProgress {
                             step: "catching up".into(),
                             matched_index: 0,
-                            leader_commit: m.last_log_index.unwrap_or(0),
+                            leader_commit: node.store().status().last_log_index,
                             role: String::new(),
                         };
                         if tx.send(Ok(p)).await.is_err() { return; }

@@ -18,7 +18,7 @@ pub struct KvApi {
 
 impl KvApi {
     fn header(&self, revision: u64) -> pb::ResponseHeader {
-        let term = self.node.store().raft().metrics().borrow().current_term;
+        let term = self.node.store().status().term;
         pb::ResponseHeader { revision, member_id: self.node.id(), raft_term: term }
     }
 

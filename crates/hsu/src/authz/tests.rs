@@ -1,3 +1,5 @@
+//! Tests of the authorization table, one row per request and role.
+
 use super::*;
 use crate::peer::{JoinTicket, RoleWish};
 use hsu_store::{KeyRange, Member, Request, Txn};

@@ -1,3 +1,5 @@
+//! Property tests of the peer messages' codec.
+
 use proptest::prelude::*;
 
 use super::*;

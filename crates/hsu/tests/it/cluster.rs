@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use hsu::agent_node::AgentNode;
 use hsu::bootstrap::{self, InitOptions, JoinOptions};
-use hsu::client::{self, ClientConfig};
 use hsu::datadir::{DataDir, Pki};
 use hsu::peer::{node_server_name, PeerError, PeerReply, PeerRequest};
 use hsu::{Node, NodeError, Tuning};
 use hsu_net::pki::{client_config, CertifiedKey};
 use hsu_net::quic::{Endpoint, EndpointConfig, NetError, ALPN};
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::{self, ClientConfig};
 use hsu_store::{Consistency, KeyRange, Op, Request, Txn};
 use tokio::time::Instant;
 

@@ -3,11 +3,11 @@
 //! removed node that is still running keeps those open. The other nodes' certificates keep
 //! working, and nothing the removed certificate tried reached the store.
 
-use hsu::client;
 use hsu::peer::{PeerReply, PeerRequest};
 use hsu_net::frame::DEFAULT_MAX_FRAME;
 use hsu_net::quic::NetError;
 use hsu_proto::v1 as pb;
+use hsu_sdk::client;
 
 use crate::cluster::{peer_call, put_request, quic_client, TestCluster};
 

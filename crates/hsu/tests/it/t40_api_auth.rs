@@ -3,9 +3,9 @@
 //! is `Unauthenticated`; a read-only API token reads but every write is `PermissionDenied`; and
 //! none of the refused calls changes the store.
 
-use hsu::client::{self, ClientConfig};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
+use hsu_sdk::client::{self, ClientConfig};
 use tonic::Code;
 
 use crate::cluster::TestCluster;

@@ -32,7 +32,7 @@ async fn bad_requests_get_grpc_codes_and_change_nothing() {
     assert_eq!(huge.code(), Code::ResourceExhausted, "a message over the gRPC limit: {huge:?}");
 
     // A message of another shape on the Put method does not decode.
-    let (channel, _) = hsu::client::connect_channel(&c.admin_conf, None).await.expect("a channel");
+    let (channel, _) = hsu_sdk::client::connect_channel(&c.admin_conf, None).await.expect("a channel");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
     let path = http::uri::PathAndQuery::from_static("/hsu.v1.KV/Put");

@@ -13,9 +13,7 @@ use hsu_net::frame::DEFAULT_MAX_FRAME;
 use hsu_net::pki::{generate_csr, CertifiedKey};
 use hsu_net::quic::{Endpoint, NetError};
 use hsu_proto::v1 as pb;
-use hsu_store::{KeyRange, Member, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::Vote;
+use hsu_store::{forge, KeyRange, Member};
 
 use crate::cluster::{peer_call, put_request, quic_client, TestCluster, DEADLINE};
 
@@ -99,19 +97,11 @@ async fn each_is_refused(c: &TestCluster, who: &str, me: u64, cert: &CertifiedKe
     }
     // Raft: a vote and an append naming node 1 (the leader) as their sender, and a vote in the
     // caller's own name. Each, if taken, would make node 1 step down to a higher term.
-    let term = c.first.store().raft().metrics().borrow().current_term;
-    let forged_vote = VoteRequest::<u64>::new(Vote::new(term + 10, 1), None);
-    let own_vote = VoteRequest::new(Vote::new(term + 10, me), None);
-    let forged_append = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term + 10, 1u64),
-        prev_log_id: None,
-        entries: Vec::new(),
-        leader_commit: None,
-    };
+    let term = c.first.store().status().term;
     let raft = [
-        ("a vote in node 1's name", METHOD_VOTE, hsu_model::encode_record(&forged_vote).unwrap()),
-        ("a vote in its own name", METHOD_VOTE, hsu_model::encode_record(&own_vote).unwrap()),
-        ("an append in node 1's name", METHOD_APPEND, hsu_model::encode_record(&forged_append).unwrap()),
+        ("a vote in node 1's name", METHOD_VOTE, forge::vote(term + 10, 1)),
+        ("a vote in its own name", METHOD_VOTE, forge::vote(term + 10, me)),
+        ("an append in node 1's name", METHOD_APPEND, forge::append(term + 10, 1)),
     ];
     for (what, method, body) in raft {
         let reply = quic.call(c.first.state().listen, "node-1.hsu", method, &body, DEADLINE).await;
@@ -131,13 +121,13 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
     let before = c.observe().await;
     assert_eq!(before.role_of(learner.id()), "learner");
     assert_eq!(before.role_of(agent.id()), "agent");
-    let term = c.first.store().raft().metrics().borrow().current_term;
+    let term = c.first.store().status().term;
 
     each_is_refused(&c, "the learner", learner.id(), &learner_cert, "is a learner").await;
     each_is_refused(&c, "the agent-only node", agent.id(), &agent_cert, "is an agent-only node").await;
 
     // Raft messages say why: the forged sender, the learner's role, the agent's certificate.
-    let vote = hsu_model::encode_record(&VoteRequest::<u64>::new(Vote::new(term + 10, 1), None)).unwrap();
+    let vote = forge::vote(term + 10, 1);
     for (cert, expected) in [
         (&learner_cert, "says it is from node 1".to_string()),
         (&agent_cert, format!("node {} is an agent-only node and may not send raft messages", agent.id())),
@@ -147,7 +137,7 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
         assert!(matches!(&reply, Err(NetError::Remote(m)) if m.contains(&expected)), "{reply:?}");
         quic.shutdown().await;
     }
-    let own = hsu_model::encode_record(&VoteRequest::new(Vote::new(term + 10, learner.id()), None)).unwrap();
+    let own = forge::vote(term + 10, learner.id());
     let quic = quic_client(&c.admin_conf.ca, Some(&learner_cert), DEFAULT_MAX_FRAME);
     let reply = quic.call(c.first.state().listen, "node-1.hsu", METHOD_VOTE, &own, DEADLINE).await;
     assert!(matches!(&reply, Err(NetError::Remote(m)) if m.contains("is a learner")), "{reply:?}");
@@ -175,7 +165,7 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
 
     // Nor does the learner promote itself through a voter's API: the voter forwards the
     // request in the learner's name, and the leader adds only nodes that are not members yet.
-    let (mut api, _) = hsu::client::connect(&c.cert_conf(&learner_cert), None).await.expect("the learner connects");
+    let (mut api, _) = hsu_sdk::client::connect(&c.cert_conf(&learner_cert), None).await.expect("the learner connects");
     let asked = api.add_member(pb::AddMemberRequest { role: pb::Role::Voter as i32, target_voters: 3 }).await;
     let mut refused = None;
     if let Ok(stream) = asked {
@@ -192,14 +182,14 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
     assert!(refused.message().contains("already a learner"), "{refused:?}");
 
     // An agent-only node's certificate reads nothing through the API either.
-    let (mut api, _) = hsu::client::connect(&c.cert_conf(&agent_cert), None).await.expect("a TLS connection");
+    let (mut api, _) = hsu_sdk::client::connect(&c.cert_conf(&agent_cert), None).await.expect("a TLS connection");
     let status = api.status(pb::StatusRequest {}).await;
     assert!(matches!(&status, Err(s) if s.code() == tonic::Code::PermissionDenied), "{status:?}");
 
     // Nothing changed: every key byte for byte, the term, the leader, the membership.
     assert_eq!(c.observe().await, before, "a refused request changed the cluster");
-    let m = c.first.store().raft().metrics().borrow().clone();
-    assert_eq!((m.current_term, m.current_leader), (term, Some(1)), "a refused raft message moved the term");
+    let s = c.first.store().status();
+    assert_eq!((s.term, s.leader), (term, Some(1)), "a refused raft message moved the term");
 
     // The voter's own certificate gets the same requests served: the table refused them, not
     // some other failure. Its range of the CA record holds the certificate and no key.
@@ -247,7 +237,7 @@ async fn new_voters_fetch_the_ca_key_and_sign_joins_with_it() {
     // Node 1 goes; one of the new voters leads and enrolls the next node itself.
     c.first.shutdown().await;
     let leader = crate::cluster::poll("a new leader", || async {
-        voters.iter().find(|v| v.store().raft().metrics().borrow().current_leader == Some(v.id())).cloned()
+        voters.iter().find(|v| v.store().status().leader == Some(v.id())).cloned()
     })
     .await;
     let opts =

@@ -1,3 +1,5 @@
+//! Tests of the linearizability checker: known-good and known-bad histories.
+
 use super::*;
 
 const OK: Outcome = Outcome::Ok;

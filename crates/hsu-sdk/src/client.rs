@@ -1,5 +1,6 @@
-//! The client side of the public API: the config file (`admin.conf`, kubeconfig-like) and a
-//! connected client for the CLI, tests and embedders.
+//! The client side of the public API: the config file (`admin.conf`, kubeconfig-like) and
+//! connected clients of the cluster's services, for the CLI, the benchmarks, the cluster tests
+//! and programs of users. It links none of the node: no store, no consensus, no agent.
 
 use std::path::Path;
 
@@ -11,7 +12,24 @@ use serde::{Deserialize, Serialize};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::error::NodeError;
+/// Why a client could not be set up or connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The config file or an argument is wrong: what, where and what was expected.
+    #[error("{0}")]
+    Config(String),
+    /// Reading or writing the config file failed.
+    #[error("{0}")]
+    Io(String),
+    /// The endpoint did not answer or refused the TLS handshake.
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// The metadata key every error of a store call carries: whether the request certainly had no
+/// effect (`not-applied`: safe to send again) or may have (`unknown`). Clients decide from it,
+/// never from the message text.
+pub const OUTCOME_KEY: &str = "hsu-outcome";
 
 /// What a client needs to reach and authenticate to a cluster. Either `cert` + `key` (mutual
 /// TLS) or `token` (bearer). `Debug` leaves the secrets out.
@@ -41,23 +59,24 @@ impl std::fmt::Debug for ClientConfig {
 }
 
 impl ClientConfig {
-    pub fn load(path: &Path) -> Result<Self, NodeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
         let cfg: ClientConfig =
-            serde_saphyr::from_str(&text).map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+            serde_saphyr::from_str(&text).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
         if cfg.endpoint.is_empty() {
-            return Err(NodeError::Config(format!("{}: `endpoint` is missing", path.display())));
+            return Err(ClientError::Config(format!("{}: `endpoint` is missing", path.display())));
         }
         if cfg.token.is_none() && (cfg.cert.is_none() || cfg.key.is_none()) {
-            return Err(NodeError::Config(format!("{}: needs either `cert` and `key`, or `token`", path.display())));
+            return Err(ClientError::Config(format!("{}: needs either `cert` and `key`, or `token`", path.display())));
         }
         Ok(cfg)
     }
 
     /// Writes the file readable by its owner only: it holds a private key or a token.
-    pub fn save(&self, path: &Path) -> Result<(), NodeError> {
-        let text = serde_saphyr::to_string(self).map_err(|e| NodeError::Config(e.to_string()))?;
-        write_private(path, text.as_bytes()).map_err(|e| NodeError::Io(format!("{}: {e}", path.display())))
+    pub fn save(&self, path: &Path) -> Result<(), ClientError> {
+        let text = serde_saphyr::to_string(self).map_err(|e| ClientError::Config(e.to_string()))?;
+        write_private(path, text.as_bytes()).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))
     }
 }
 
@@ -80,19 +99,19 @@ pub type Kv = KvClient<InterceptedService<Channel, Bearer>>;
 pub type Deployments = DeploymentsClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects to `endpoint` (or the config's) and returns the two service clients.
-pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Cluster, Kv), NodeError> {
+pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Cluster, Kv), ClientError> {
     let (channel, bearer) = connect_channel(cfg, endpoint).await?;
     Ok((ClusterClient::with_interceptor(channel.clone(), bearer.clone()), KvClient::with_interceptor(channel, bearer)))
 }
 
 /// Connects to `endpoint` (or the config's) for `hsu.v1.Deployments`.
-pub async fn connect_deployments(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<Deployments, NodeError> {
+pub async fn connect_deployments(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<Deployments, ClientError> {
     let (channel, bearer) = connect_channel(cfg, endpoint).await?;
     Ok(DeploymentsClient::with_interceptor(channel, bearer))
 }
 
 /// A channel to `endpoint` (or the config's) with the config's TLS identity, and its bearer interceptor.
-pub async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Channel, Bearer), NodeError> {
+pub async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Channel, Bearer), ClientError> {
     let endpoint = endpoint.unwrap_or(&cfg.endpoint);
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cfg.ca)).domain_name(API_SERVER_NAME);
     if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
@@ -101,22 +120,23 @@ pub async fn connect_channel(cfg: &ClientConfig, endpoint: Option<&str>) -> Resu
     let channel = channel(endpoint, tls).await?;
     let bearer = match &cfg.token {
         Some(t) => Some(
-            format!("Bearer {t}").parse().map_err(|_| NodeError::Config("the token is not printable text".into()))?,
+            format!("Bearer {t}").parse().map_err(|_| ClientError::Config("the token is not printable text".into()))?,
         ),
         None => None,
     };
     Ok((channel, Bearer(bearer)))
 }
 
-pub(crate) async fn channel(endpoint: &str, tls: ClientTlsConfig) -> Result<Channel, NodeError> {
+/// A channel to `endpoint` with `tls`, connected (at most 5 s).
+pub async fn channel(endpoint: &str, tls: ClientTlsConfig) -> Result<Channel, ClientError> {
     Channel::from_shared(format!("https://{endpoint}"))
-        .map_err(|e| NodeError::Config(format!("endpoint {endpoint:?}: {e}")))?
+        .map_err(|e| ClientError::Config(format!("endpoint {endpoint:?}: {e}")))?
         .tls_config(tls)
-        .map_err(|e| NodeError::Config(format!("tls: {e}")))?
+        .map_err(|e| ClientError::Config(format!("tls: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| NodeError::Api(format!("cannot connect to {endpoint}: {}", error_chain(&e))))
+        .map_err(|e| ClientError::Connect(format!("cannot connect to {endpoint}: {}", error_chain(&e))))
 }
 
 /// An error with its causes, for messages that say what actually went wrong.

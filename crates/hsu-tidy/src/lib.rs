@@ -1,0 +1,244 @@
+//! The workspace's tidy checks, run by `cargo test`: the crate order and the dependency rules
+//! written in docs/architecture.md, the shape of every member's manifest, and the `//!` header
+//! of every source file. Each check returns the problems it found as sentences that name the
+//! file, so that one run lists everything that is wrong.
+//!
+//! Manifests are parsed as TOML, so every dependency table counts: `[dependencies]`,
+//! `[dev-dependencies]`, `[build-dependencies]` and their `[target.'cfg(..)'.*]` forms.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// One workspace member as its manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its directory, relative to the workspace root (`crates/hsu-store`).
+    pub dir: String,
+    pub name: String,
+    /// Every crate it depends on, in any dependency table.
+    pub deps: BTreeSet<String>,
+    pub workspace_lints: bool,
+}
+
+/// A rule of the dependency-rules block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Only these crates may depend on `dep`.
+    Only { dep: String, users: BTreeSet<String> },
+    /// `user` may not depend on `dep`.
+    Not { user: String, dep: String },
+}
+
+/// Parses one manifest. `dir` is where it lives, relative to the root.
+pub fn parse_member(dir: &str, manifest: &str) -> Result<Member, String> {
+    let doc: toml::Table = manifest.parse().map_err(|e| format!("{dir}/Cargo.toml: {e}"))?;
+    let name = doc
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| format!("{dir}/Cargo.toml: no [package] name"))?
+        .to_string();
+    let mut deps = BTreeSet::new();
+    let mut add_tables = |t: &toml::Table| {
+        for key in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            if let Some(table) = t.get(key).and_then(|d| d.as_table()) {
+                for (dep, spec) in table {
+                    // `alias = { package = "real" }` depends on `real`.
+                    let real = spec.get("package").and_then(|p| p.as_str()).unwrap_or(dep);
+                    deps.insert(real.to_string());
+                }
+            }
+        }
+    };
+    add_tables(&doc);
+    if let Some(targets) = doc.get("target").and_then(|t| t.as_table()) {
+        for cfg in targets.values().filter_map(|v| v.as_table()) {
+            add_tables(cfg);
+        }
+    }
+    let workspace_lints = doc.get("lints").and_then(|l| l.get("workspace")).and_then(|w| w.as_bool()).unwrap_or(false);
+    Ok(Member { dir: dir.to_string(), name, deps, workspace_lints })
+}
+
+/// The text between `<!-- NAME -->` and `<!-- /NAME -->` in `doc`.
+pub fn block<'a>(doc: &'a str, name: &str) -> Result<&'a str, String> {
+    let open = format!("<!-- {name} -->");
+    let close = format!("<!-- /{name} -->");
+    let start = doc.find(&open).ok_or_else(|| format!("docs/architecture.md has no {open} marker"))?;
+    let end = doc.find(&close).ok_or_else(|| format!("docs/architecture.md has no {close} marker"))?;
+    Ok(&doc[start + open.len()..end])
+}
+
+fn list(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty())
+}
+
+/// The crate order: a comma-separated list, lowest first.
+pub fn parse_order(block: &str) -> Vec<String> {
+    list(block).collect()
+}
+
+/// The rules: one per line, `X, Y: only A, B` or `A: not X, Y`.
+pub fn parse_rules(block: &str) -> Result<Vec<Rule>, String> {
+    let mut rules = Vec::new();
+    for (n, line) in block.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty()) {
+        let (left, right) =
+            line.split_once(':').ok_or_else(|| format!("dependency rule {}: {line:?} has no ':'", n + 1))?;
+        let right = right.trim();
+        if let Some(users) = right.strip_prefix("only ") {
+            let users: BTreeSet<String> = list(users).collect();
+            rules.extend(list(left).map(|dep| Rule::Only { dep, users: users.clone() }));
+        } else if let Some(deps) = right.strip_prefix("not ") {
+            for user in list(left) {
+                rules.extend(list(deps).map(|dep| Rule::Not { user: user.clone(), dep }));
+            }
+        } else {
+            return Err(format!("dependency rule {}: {line:?}: expected `only ...` or `not ...` after ':'", n + 1));
+        }
+    }
+    Ok(rules)
+}
+
+/// The order and the rules against the members: every problem, as a sentence.
+pub fn check_dependencies(members: &[Member], order: &[String], rules: &[Rule]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rank: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    for m in members {
+        let dir_name = m.dir.rsplit('/').next().unwrap_or(&m.dir);
+        if dir_name != m.name {
+            problems
+                .push(format!("{}/Cargo.toml: package {} is not named after its directory {dir_name}", m.dir, m.name));
+        }
+        if !m.workspace_lints {
+            problems.push(format!("{}/Cargo.toml: no `[lints] workspace = true`", m.dir));
+        }
+        let Some(&own) = rank.get(m.name.as_str()) else {
+            problems.push(format!("{} is a workspace member missing from the crate order", m.name));
+            continue;
+        };
+        for dep in &m.deps {
+            if let Some(&r) = rank.get(dep.as_str()) {
+                if r >= own {
+                    problems
+                        .push(format!("{} depends on {dep}, which does not come before it in the crate order", m.name));
+                }
+            } else if dep.starts_with("hsu") || names.contains(dep.as_str()) {
+                problems.push(format!("{} depends on {dep}, which is not in the crate order", m.name));
+            }
+        }
+        for rule in rules {
+            match rule {
+                Rule::Only { dep, users } if m.deps.contains(dep) && !users.contains(&m.name) => {
+                    problems.push(format!("{} depends on {dep}, which only {} may use", m.name, join(users)));
+                }
+                Rule::Not { user, dep } if *user == m.name && m.deps.contains(dep) => {
+                    problems.push(format!("{} depends on {dep}, which it must not", m.name));
+                }
+                _ => {}
+            }
+        }
+    }
+    for listed in order {
+        if !names.contains(listed.as_str()) {
+            problems.push(format!("the crate order lists {listed}, which is not a workspace member"));
+        }
+    }
+    for rule in rules {
+        let named: Vec<&String> = match rule {
+            Rule::Only { users, .. } => users.iter().collect(),
+            Rule::Not { user, .. } => vec![user],
+        };
+        for n in named.into_iter().filter(|n| !names.contains(n.as_str())) {
+            problems.push(format!("a dependency rule names {n}, which is not a workspace member"));
+        }
+    }
+    problems
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// The problems of one source file: no `//!` header, or a call of the store's Raft handle
+/// outside hsu-store (this crate only names the call, to look for it).
+pub fn check_source(path: &str, member: &str, text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !text.starts_with("//!") {
+        problems.push(format!("{path}: does not start with a `//!` paragraph saying what it owns"));
+    }
+    if member != "hsu-store" && member != "hsu-tidy" {
+        for (n, line) in text.lines().enumerate() {
+            if line.contains(".raft()") && !line.trim_start().starts_with("//") {
+                problems.push(format!("{path}:{}: calls `.raft()`; outside hsu-store use `Store::status()`", n + 1));
+            }
+        }
+    }
+    problems
+}
+
+/// Every `.rs` file under `dir`, sorted; `target` directories are passed over.
+pub fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "target") {
+                    todo.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads the workspace at `root` and runs every check.
+pub fn check_workspace(root: &Path) -> Vec<String> {
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).map_err(|e| format!("{p}: {e}"));
+    let mut problems = Vec::new();
+    let (manifest, doc) = match (read("Cargo.toml"), read("docs/architecture.md")) {
+        (Ok(m), Ok(d)) => (m, d),
+        (m, d) => return [m.err(), d.err()].into_iter().flatten().collect(),
+    };
+    let dirs: Vec<String> = match manifest.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("workspace")
+            .and_then(|w| w.get("members"))
+            .and_then(|m| m.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        Err(e) => return vec![format!("Cargo.toml: {e}")],
+    };
+    let mut members = Vec::new();
+    for dir in &dirs {
+        match read(&format!("{dir}/Cargo.toml")).and_then(|m| parse_member(dir, &m)) {
+            Ok(m) => members.push(m),
+            Err(e) => problems.push(e),
+        }
+    }
+    let order = block(&doc, "crate-order").map(parse_order);
+    let rules = block(&doc, "dependency-rules").and_then(parse_rules);
+    match (order, rules) {
+        (Ok(order), Ok(rules)) => problems.extend(check_dependencies(&members, &order, &rules)),
+        (o, r) => problems.extend([o.err(), r.err()].into_iter().flatten()),
+    }
+    for m in &members {
+        for file in rust_files(&root.join(&m.dir)) {
+            let rel = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => problems.extend(check_source(&rel, &m.name, &text)),
+                Err(e) => problems.push(format!("{rel}: {e}")),
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests;
