@@ -175,6 +175,16 @@ async fn sessions_survive_restarts_and_travel_in_snapshots() {
     let new = c.launch(4).await;
     c.store(leader).add_voter(4, crate::cluster::member(4)).await.unwrap();
     poll("member 4 to install a snapshot", || async { new.raft().metrics().borrow().snapshot.map(drop) }).await;
+    // Voters grant votes only to a log as long as theirs: member 4 must have all of it first
+    // (the membership change commits on three of the four members).
+    let last = c.store(leader).raft().metrics().borrow().last_log_index;
+    poll("member 4 to catch up", || async { (new.raft().metrics().borrow().last_log_index >= last).then_some(()) })
+        .await;
+    // Only member 4 campaigns: another member elected meanwhile would hold its leader lease and
+    // keep member 4's campaigns from ever winning.
+    for x in 1..=3 {
+        c.store(x).raft().runtime_config().elect(false);
+    }
     c.router.isolate(leader, 1..=4);
     elect(&c, 4).await;
     let from_snapshot = c.store(4).propose_once(increment(0), retry).await.unwrap();
