@@ -202,7 +202,7 @@ pub async fn pass(
     leading_for: Duration,
 ) -> Result<(), String> {
     let snap = snapshot(store, reports, leading_for);
-    for write in plan(&snap, config, now_ms(), &mut RandomIds)? {
+    for write in plan(&snap, config.node_grace, now_ms(), &mut RandomIds)? {
         debug!(owner = %write.what, ops = write.txn.success.len(), "controller write");
         commit(store, write.txn, &write.what).await?;
     }

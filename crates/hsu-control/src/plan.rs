@@ -22,7 +22,6 @@ use hsu_model::{encode_record, NodeId};
 use hsu_store::{Compare, CompareOp, CompareTarget, KeyRange, Op, Txn};
 use rand::Rng;
 
-use crate::controller::ControllerConfig;
 use crate::jobs;
 use crate::rollout::{self, InstanceView, Observed, Stable};
 use crate::scheduler::{self, Ask, Held, NodeView};
@@ -78,12 +77,8 @@ pub struct Write {
 }
 
 /// The writes of one pass over every deployment and job, in the order to commit them.
-pub fn plan(
-    snap: &Snapshot,
-    config: &ControllerConfig,
-    now_ms: u64,
-    ids: &mut impl IdSource,
-) -> Result<Vec<Write>, String> {
+/// `node_grace`: a node that has not reported for this long is down, and its instances lost.
+pub fn plan(snap: &Snapshot, node_grace: Duration, now_ms: u64, ids: &mut impl IdSource) -> Result<Vec<Write>, String> {
     let ids: &mut dyn IdSource = ids;
     let nodes: Vec<NodeView> = snap
         .reports
@@ -93,7 +88,7 @@ pub fn plan(
             name: r.name.clone(),
             labels: r.labels.clone(),
             capacity: r.capacity,
-            up: *age < config.node_grace,
+            up: *age < node_grace,
         })
         .collect();
     let held = snap
@@ -105,7 +100,7 @@ pub fn plan(
         })
         .collect();
     let taken = snap.instances.iter().map(|i| i.value.id.clone()).collect();
-    let mut w = World { snap, config, now_ms, nodes, held, taken, ids };
+    let mut w = World { snap, node_grace, now_ms, nodes, held, taken, ids };
     let mut writes = Vec::new();
 
     for d in &snap.deployments {
@@ -232,7 +227,7 @@ struct Decided<R> {
 /// The state one pass plans from, and what it has planned so far.
 struct World<'a> {
     snap: &'a Snapshot,
-    config: &'a ControllerConfig,
+    node_grace: Duration,
     now_ms: u64,
     nodes: Vec<NodeView>,
     /// Resources held on each node, updated as instances are placed in this pass.
@@ -245,7 +240,7 @@ struct World<'a> {
 impl<'a> World<'a> {
     fn observe(&self, i: &InstanceRecord) -> Observed {
         match self.snap.reports.get(&i.node) {
-            Some((age, _)) if *age >= self.config.node_grace => Observed::NodeDown,
+            Some((age, _)) if *age >= self.node_grace => Observed::NodeDown,
             Some((age, r)) => match r.instances.iter().find(|x| x.id == i.id) {
                 // Ready for as long as the node said, plus the time since it said so.
                 Some(x) if x.ready => Observed::Reported(InstanceReport {
@@ -256,7 +251,7 @@ impl<'a> World<'a> {
                 None if r.seen_revision >= self.mod_revision_of(&i.id) => Observed::Absent,
                 None => Observed::Unknown,
             },
-            None if self.snap.leading_for >= self.config.node_grace => Observed::NodeDown,
+            None if self.snap.leading_for >= self.node_grace => Observed::NodeDown,
             None => Observed::Unknown,
         }
     }

@@ -132,12 +132,11 @@ fn render(writes: &[Write]) -> String {
     out
 }
 
-fn config() -> ControllerConfig {
-    ControllerConfig { node_grace: Duration::from_secs(3), interval: Duration::from_millis(250) }
-}
+/// Nodes silent for this long are down.
+const GRACE: Duration = Duration::from_secs(3);
 
 fn check(snap: &Snapshot, expected: Expect) {
-    let writes = plan(snap, &config(), 1_000, &mut Seq(0)).expect("a plan");
+    let writes = plan(snap, GRACE, 1_000, &mut Seq(0)).expect("a plan");
     expected.assert_eq(&render(&writes));
 }
 
@@ -267,7 +266,7 @@ fn without_nodes_nothing_is_placed_and_the_record_says_why_once() {
         revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
         ..Snapshot::default()
     };
-    let writes = plan(&snap, &config(), 1_000, &mut Seq(0)).unwrap();
+    let writes = plan(&snap, GRACE, 1_000, &mut Seq(0)).unwrap();
     check(
         &snap,
         expect![[r#"
@@ -321,7 +320,7 @@ fn taken_ids_are_drawn_again() {
         reports: two_nodes([vec![], vec![]], 7),
         ..Snapshot::default()
     };
-    let writes = plan(&snap, &config(), 1_000, &mut Repeats(0)).unwrap();
+    let writes = plan(&snap, GRACE, 1_000, &mut Repeats(0)).unwrap();
     let keys: Vec<String> = writes[0]
         .txn
         .success
@@ -492,7 +491,7 @@ impl Sim {
             leading_for: Duration::from_secs(3600),
             ..Snapshot::default()
         };
-        let writes = plan(&snap, &config(), now, &mut self.ids).expect("a plan");
+        let writes = plan(&snap, GRACE, now, &mut self.ids).expect("a plan");
         for w in &writes {
             assert!(self.kv.commit(&w.txn), "a write planned from the latest state lost a race: {w:?}");
         }
@@ -507,9 +506,9 @@ fn seen_ready(snap: &Snapshot) -> Vec<String> {
         .map(|v| &v.value)
         .filter(|i| i.desired == Desired::Run)
         .filter(|i| {
-            snap.reports.get(&i.node).is_some_and(|(age, r)| {
-                *age < config().node_grace && r.instances.iter().any(|x| x.id == i.id && x.ready)
-            })
+            snap.reports
+                .get(&i.node)
+                .is_some_and(|(age, r)| *age < GRACE && r.instances.iter().any(|x| x.id == i.id && x.ready))
         })
         .map(|i| i.id.clone())
         .collect()
