@@ -30,7 +30,6 @@ use tracing::{debug, info, warn};
 
 use crate::datadir::{DataDir, NodeState, Pki};
 use crate::error::NodeError;
-use crate::logs::LogAsk;
 use crate::node::{Node, Tuning};
 use crate::peer::{
     call_peer, node_server_name, parse_addr, PeerError, PeerReply, PeerRequest, METHOD_LOGS, METHOD_WATCH,
@@ -89,27 +88,6 @@ impl Node {
     }
 }
 
-/// The log of a unit of the agent in `agent_dir`, for `hsu logs`.
-pub(crate) fn serve_log(agent_dir: &std::path::Path, ask: LogAsk) -> Result<mpsc::Receiver<Vec<u8>>, String> {
-    let name = hsu_model::unit::UnitName::new(&ask.unit)?;
-    let dir = hsu_agent::record::unit_dir(agent_dir, name.as_str());
-    if !dir.exists() {
-        return Err(format!("no unit {} here", name.as_str()));
-    }
-    let path = dir.join(if ask.stderr { "stderr.log" } else { "stdout.log" });
-    let (head, offset) = hsu_agent::logs::read_tail(&path, ask.tail as usize).map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        if !head.is_empty() && tx.send(head).await.is_err() {
-            return;
-        }
-        if ask.follow {
-            hsu_agent::logs::follow(path, offset, Duration::from_millis(200), tx).await;
-        }
-    });
-    Ok(rx)
-}
-
 /// Node ids whose certificates the cluster revoked, as servers last told this node; kept in the
 /// data directory so that a restart while cut off still refuses them.
 type Revoked = Arc<RwLock<BTreeSet<NodeId>>>;
@@ -144,7 +122,7 @@ impl Handler for AgentHandler {
             Err(e) => return Err(e.to_string()),
         }
         match method {
-            METHOD_LOGS => serve_log(&self.agent_dir, decode_record(&body).map_err(|e| e.to_string())?),
+            METHOD_LOGS => crate::logs::serve_log(&self.agent_dir, decode_record(&body).map_err(|e| e.to_string())?),
             other => Err(format!("unknown stream method {other}")),
         }
     }

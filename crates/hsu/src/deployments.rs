@@ -10,10 +10,10 @@ use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecor
 use hsu_model::NodeId;
 use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, KeyRange, KeyValue, Op, Request, Txn};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::node::Node;
-use crate::peer::{PeerError, PeerReply, PeerRequest};
+use crate::peer::{PeerError, PeerReply, PeerRequest, ReportsView};
 use crate::records;
 
 /// One applied object and what happened to it.
@@ -47,13 +47,6 @@ pub struct InstanceView {
     pub ready_for_ms: u64,
     pub restarts: u32,
     pub message: Option<String>,
-}
-
-/// The leader's reports, with their age, as a follower receives them.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ReportsView {
-    pub reports: Vec<(NodeId, u64, NodeReport)>,
-    pub grace_ms: u64,
 }
 
 /// A uid for a new deployment or job: 16 random hex digits.

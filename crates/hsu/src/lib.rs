@@ -14,7 +14,9 @@ pub mod node;
 pub mod peer;
 pub mod records;
 pub mod removal;
+mod serve;
 mod session;
+mod start;
 mod units;
 
 pub use error::NodeError;

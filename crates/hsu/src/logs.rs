@@ -6,6 +6,8 @@ use hsu_model::state::{self, InstanceRecord, OwnerKind};
 use hsu_model::{encode_record, NodeId};
 use hsu_store::{Consistency, KeyRange};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 
 use crate::node::Node;
@@ -30,13 +32,34 @@ pub struct LogLines {
     pub text: String,
 }
 
+/// The log of a unit of the agent in `agent_dir`, for `hsu logs`.
+pub(crate) fn serve_log(agent_dir: &std::path::Path, ask: LogAsk) -> Result<mpsc::Receiver<Vec<u8>>, String> {
+    let name = hsu_model::unit::UnitName::new(&ask.unit)?;
+    let dir = hsu_agent::record::unit_dir(agent_dir, name.as_str());
+    if !dir.exists() {
+        return Err(format!("no unit {} here", name.as_str()));
+    }
+    let path = dir.join(if ask.stderr { "stderr.log" } else { "stdout.log" });
+    let (head, offset) = hsu_agent::logs::read_tail(&path, ask.tail as usize).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if !head.is_empty() && tx.send(head).await.is_err() {
+            return;
+        }
+        if ask.follow {
+            hsu_agent::logs::follow(path, offset, Duration::from_millis(200), tx).await;
+        }
+    });
+    Ok(rx)
+}
+
 /// Longest line passed on whole; longer ones are cut.
 const MAX_LINE: usize = 64 * 1024;
 
 impl Node {
     /// This node's own log of `ask.unit`, as chunks.
     pub(crate) fn local_log(&self, ask: LogAsk) -> Result<mpsc::Receiver<Vec<u8>>, String> {
-        crate::agent_node::serve_log(&self.agent_dir(), ask)
+        serve_log(&self.agent_dir(), ask)
     }
 
     /// The logs of a deployment's instances (or of one instance), merged; lines keep their order

@@ -6,25 +6,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hsu_model::state::NodeReport;
 use hsu_model::{decode_record, encode_record, NodeId};
-use hsu_net::pki::{identity_of, Identity};
-use hsu_net::quic::{Endpoint, Handler, NetError, Peer};
+use hsu_net::pki::Identity;
+use hsu_net::quic::{Endpoint, NetError};
 use hsu_store::{
     Error, KeyRange, LeaseId, Member, RaftTransport, RangeResult, Request, RequestId, Response, RpcKind, TransportError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::authz::{self, Ask, Caller};
-use crate::node::Node;
-
-const METHOD_APPEND: u16 = 1;
-const METHOD_VOTE: u16 = 2;
-const METHOD_SNAPSHOT: u16 = 3;
-const METHOD_PEER: u16 = 10;
+pub(crate) const METHOD_APPEND: u16 = 1;
+pub(crate) const METHOD_VOTE: u16 = 2;
+pub(crate) const METHOD_SNAPSHOT: u16 = 3;
+pub(crate) const METHOD_PEER: u16 = 10;
 /// A server stream of one unit's log file (`crate::logs::LogAsk`).
 pub(crate) const METHOD_LOGS: u16 = 11;
 /// A server stream of the caller's own instances, for agent-only nodes
@@ -173,8 +171,15 @@ pub enum PeerReply {
     Role(String),
     Done,
     Health(HealthView),
-    Reports(crate::deployments::ReportsView),
+    Reports(ReportsView),
     CaKey(CaKey),
+}
+
+/// The leader's reports, with their age, as a follower receives them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReportsView {
+    pub reports: Vec<(NodeId, u64, NodeReport)>,
+    pub grace_ms: u64,
 }
 
 /// The CA private key (PEM), between voters only; `Debug` never shows it.
@@ -303,99 +308,6 @@ pub enum PeerError {
     /// message says where to send it.
     #[error("{0}")]
     WrongNode(String),
-}
-
-/// Serves node-to-node requests. Set up before the node exists (the endpoint must listen before
-/// the store can start), so the node arrives later through the `OnceLock`.
-pub struct PeerHandler {
-    pub node: Arc<OnceLock<Node>>,
-}
-
-impl PeerHandler {
-    fn node(&self) -> Result<&Node, String> {
-        self.node.get().ok_or_else(|| "node is starting".to_string())
-    }
-}
-
-impl PeerHandler {
-    /// Who is calling: a node of this cluster with the certificate it was enrolled with, not
-    /// removed, in the role this node sees it in.
-    fn caller(&self, peer: &Peer) -> Result<(&Node, Caller), String> {
-        let identity = identity_of(&peer.cert_der).map_err(|e| e.to_string())?;
-        let Some(id) = identity.node_id() else {
-            return Err(format!("{identity} may not call the node-to-node endpoint"));
-        };
-        let node = self.node()?;
-        Ok((node, Caller { id, role: node.role_of(&identity) }))
-    }
-}
-
-impl Handler for PeerHandler {
-    /// The handshake checked revocation only when the connection opened; a removed node that is
-    /// still running keeps its connections open, so every request is checked again, and against
-    /// the certificate the node was enrolled with (a removed voter may still hold the CA key).
-    fn admitted(&self, peer: &Peer) -> Result<(), String> {
-        let id = identity_of(&peer.cert_der).map_err(|e| e.to_string())?.node_id();
-        match (id, self.node.get()) {
-            (Some(id), Some(node)) => node.check_peer(id, &peer.cert_der),
-            // Not a node: refused with a reason by `caller`. No node yet: nobody is removed.
-            _ => Ok(()),
-        }
-    }
-
-    async fn call(&self, peer: Peer, method: u16, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        let (node, caller) = self.caller(&peer)?;
-        let kind = match method {
-            METHOD_APPEND => RpcKind::AppendEntries,
-            METHOD_VOTE => RpcKind::Vote,
-            METHOD_SNAPSHOT => RpcKind::InstallSnapshot,
-            METHOD_PEER => {
-                let req: PeerRequest = decode_record(&body).map_err(|e| format!("bad peer request: {e}"))?;
-                let reply = match authz::allowed(caller, &Ask::Peer(&req)) {
-                    Err(refusal) => Err(PeerError::Denied(refusal)),
-                    // From an agent-only node, which reaches any server: passed on to the leader.
-                    // (Not from inside `handle_peer`: a node that has just stopped leading may
-                    // still name itself as the leader, and would pass the report to itself.)
-                    Ok(()) if matches!(req, PeerRequest::Report(_)) && !node.is_leader() => node.leader_call(req).await,
-                    Ok(()) => node.handle_peer(req).await,
-                };
-                #[cfg(feature = "failpoints")]
-                if matches!(reply, Ok(PeerReply::Response(_))) {
-                    // The write is done; its answer is lost on the way, as with a dead connection.
-                    let name = format!("peer-reply-drop-{}", node.state().listen.port());
-                    if fail::eval(&name, |_| ()).is_some() {
-                        return Err("the reply was dropped (failpoint)".into());
-                    }
-                }
-                return encode_record(&reply).map_err(|e| e.to_string());
-            }
-            other => return Err(format!("unknown method {other}")),
-        };
-        authz::allowed(caller, &Ask::Raft)?;
-        node.store().serve_rpc(kind, &body, caller.id).await
-    }
-
-    async fn stream(
-        &self,
-        peer: Peer,
-        method: u16,
-        body: Vec<u8>,
-    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, String> {
-        let (node, caller) = self.caller(&peer)?;
-        match method {
-            METHOD_LOGS => {
-                authz::allowed(caller, &Ask::Logs)?;
-                let ask: crate::logs::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
-                node.local_log(ask)
-            }
-            // Only the caller's own instances: an agent-only node sees nothing else.
-            METHOD_WATCH => {
-                authz::allowed(caller, &Ask::OwnInstances)?;
-                node.watch_for(caller.id)
-            }
-            other => Err(format!("unknown stream method {other}")),
-        }
-    }
 }
 
 #[cfg(test)]
