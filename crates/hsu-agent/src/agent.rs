@@ -109,10 +109,9 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the data directory and reads what an earlier agent recorded; starts nothing.
-    pub fn open(data_dir: &Path) -> Result<Agent, String> {
-        std::fs::create_dir_all(record::units_dir(data_dir))
-            .map_err(|e| format!("{}: {e}", record::units_dir(data_dir).display()))?;
-        let recorded = record::read_all(data_dir)?;
+    pub fn open(data_dir: &Path) -> Result<Agent, crate::Error> {
+        std::fs::create_dir_all(record::units_dir(data_dir)).map_err(crate::Error::io(record::units_dir(data_dir)))?;
+        let recorded = record::read_all(data_dir).map_err(crate::Error::Units)?;
         process::become_subreaper();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

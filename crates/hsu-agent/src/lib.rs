@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod attach;
+mod error;
 pub mod limits;
 pub mod logs;
 pub mod probe;
@@ -21,5 +22,6 @@ pub mod standalone;
 pub mod supervisor;
 
 pub use agent::{Action, Agent, ApplyReport, OnExit};
+pub use error::Error;
 pub use restart::Exit;
 pub use supervisor::{State, UnitStatus};

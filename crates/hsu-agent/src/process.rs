@@ -225,30 +225,31 @@ pub fn page_size() -> u64 {
 }
 
 /// Resolves a user (name or uid) to its uid and primary gid, from `/etc/passwd`.
-pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
-    let text = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+pub fn lookup_user(user: &str) -> Result<(u32, u32), crate::Error> {
+    let text = std::fs::read_to_string("/etc/passwd").map_err(crate::Error::io("/etc/passwd"))?;
     for line in text.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 4 && (f[0] == user || f[2] == user) {
-            let uid = f[2].parse().map_err(|_| format!("/etc/passwd: bad uid for {user}"))?;
-            let gid = f[3].parse().map_err(|_| format!("/etc/passwd: bad gid for {user}"))?;
+            let bad = |what: &str| crate::Error::Account(format!("/etc/passwd: bad {what} for {user}"));
+            let uid = f[2].parse().map_err(|_| bad("uid"))?;
+            let gid = f[3].parse().map_err(|_| bad("gid"))?;
             return Ok((uid, gid));
         }
     }
     match user.parse() {
         Ok(uid) => Ok((uid, uid)),
-        Err(_) => Err(format!("user {user:?} is not in /etc/passwd")),
+        Err(_) => Err(crate::Error::Account(format!("user {user:?} is not in /etc/passwd"))),
     }
 }
 
 /// Resolves a group (name or gid) from `/etc/group`.
-pub fn lookup_group(group: &str) -> Result<u32, String> {
-    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+pub fn lookup_group(group: &str) -> Result<u32, crate::Error> {
+    let text = std::fs::read_to_string("/etc/group").map_err(crate::Error::io("/etc/group"))?;
     for line in text.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 3 && (f[0] == group || f[2] == group) {
-            return f[2].parse().map_err(|_| format!("/etc/group: bad gid for {group}"));
+            return f[2].parse().map_err(|_| crate::Error::Account(format!("/etc/group: bad gid for {group}")));
         }
     }
-    group.parse().map_err(|_| format!("group {group:?} is not in /etc/group"))
+    group.parse().map_err(|_| crate::Error::Account(format!("group {group:?} is not in /etc/group")))
 }

@@ -24,16 +24,17 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new() -> Result<Sampler, String> {
-        let mut sys = System::new().map_err(|e| format!("reading system information: {e}"))?;
+    pub fn new() -> Result<Sampler, crate::Error> {
+        let mut sys = System::new().map_err(|e| crate::Error::System(format!("reading system information: {e}")))?;
         sys.refresh_cpu_usage();
         Ok(Sampler { sys })
     }
 
-    pub fn sample(&mut self, data_dir: &Path) -> Result<NodeResources, String> {
+    pub fn sample(&mut self, data_dir: &Path) -> Result<NodeResources, crate::Error> {
         self.sys.refresh_cpu_usage();
         self.sys.refresh_memory();
-        let fs = rustix::fs::statvfs(data_dir).map_err(|e| format!("statvfs {}: {e}", data_dir.display()))?;
+        let fs = rustix::fs::statvfs(data_dir)
+            .map_err(|e| crate::Error::System(format!("statvfs {}: {e}", data_dir.display())))?;
         Ok(NodeResources {
             cpu_cores: self.sys.cpus().len() as u32,
             cpu_used_percent: self.sys.global_cpu_usage(),

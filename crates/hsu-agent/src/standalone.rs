@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::agent::{Agent, ApplyReport, OnExit};
 use crate::supervisor::UnitStatus;
+use crate::Error;
 
 /// Reads a units file, or every `*.yaml`/`*.yml` file of a directory (in name order). Errors
 /// name the file, and the line and column within it; unit names must be unique across files.
@@ -86,19 +87,20 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Runs until SIGTERM or SIGINT. `ready` is called once the units are applied and the socket
 /// listens, with what the first apply did.
-pub async fn run(opts: Options, ready: impl FnOnce(&ApplyReport)) -> Result<(), String> {
-    std::fs::create_dir_all(&opts.data_dir).map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
+pub async fn run(opts: Options, ready: impl FnOnce(&ApplyReport)) -> Result<(), Error> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(Error::io(&opts.data_dir))?;
     let _lock = lock(&opts.data_dir)?;
-    let desired = load_units(&opts.units)?;
+    let desired = load_units(&opts.units).map_err(Error::Units)?;
     let mut agent = Agent::open(&opts.data_dir)?;
     let sock = socket_path(&opts.data_dir);
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    let listener = UnixListener::bind(&sock).map_err(Error::io(&sock))?;
     let report = agent.apply(desired).await;
     ready(&report);
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let signals = |kind| signal(kind).map_err(|e| Error::System(format!("signal handler: {e}")));
+    let mut hup = signals(SignalKind::hangup())?;
+    let mut term = signals(SignalKind::terminate())?;
+    let mut int = signals(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -146,7 +148,7 @@ async fn serve(agent: &mut Agent, units: &Path, data_dir: &Path, stream: UnixStr
         (_, Ok(Request::Reload)) => reload(agent, units).await,
         (_, Ok(Request::Resources)) => match crate::resources::Sampler::new().and_then(|mut s| s.sample(data_dir)) {
             Ok(r) => Reply::Resources(r),
-            Err(e) => Reply::Error(e),
+            Err(e) => Reply::Error(e.to_string()),
         },
         (_, Err(e)) => Reply::Error(format!("bad request: {e}")),
     };
@@ -156,32 +158,31 @@ async fn serve(agent: &mut Agent, units: &Path, data_dir: &Path, stream: UnixStr
 }
 
 /// Sends one request to the agent of `data_dir`.
-pub async fn request(data_dir: &Path, req: &Request) -> Result<Reply, String> {
+pub async fn request(data_dir: &Path, req: &Request) -> Result<Reply, Error> {
     let sock = socket_path(data_dir);
     let stream = UnixStream::connect(&sock).await.map_err(|e| {
-        format!("no agent answers on {} ({e}); is `hsu agent run` running with this --data-dir?", sock.display())
+        Error::Control(format!(
+            "no agent answers on {} ({e}); is `hsu agent run` running with this --data-dir?",
+            sock.display()
+        ))
     })?;
     let (r, mut w) = stream.into_split();
-    let mut bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    let mut bytes = serde_json::to_vec(req).map_err(|e| Error::Control(format!("the request does not encode: {e}")))?;
     bytes.push(b'\n');
-    w.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    w.write_all(&bytes).await.map_err(Error::io(&sock))?;
     let mut line = String::new();
     // A reload may stop units, each within its grace period: no short timeout here.
-    BufReader::new(r).read_line(&mut line).await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("bad answer from the agent: {e}"))
+    BufReader::new(r).read_line(&mut line).await.map_err(Error::io(&sock))?;
+    serde_json::from_str(&line).map_err(|e| Error::Control(format!("bad answer from the agent: {e}")))
 }
 
 /// One agent per data directory: an exclusive `flock` on `agent.lock`, released when the
 /// process ends (also by kill -9).
-fn lock(data_dir: &Path) -> Result<std::fs::File, String> {
+fn lock(data_dir: &Path) -> Result<std::fs::File, Error> {
     let path = data_dir.join("agent.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(Error::io(&path))?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| format!("another agent runs with data directory {}", data_dir.display()))?;
+        .map_err(|_| Error::Locked(data_dir.to_path_buf()))?;
     Ok(f)
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::plan::{plan, RandomIds, Snapshot, Versioned};
+use crate::Error;
 
 /// The nodes' last reports, kept by the leader (heartbeats never go through Raft).
 #[derive(Default)]
@@ -114,7 +115,7 @@ pub async fn run(
     }
 }
 
-async fn commit(store: &Store, txn: Txn, what: &str) -> Result<(), String> {
+async fn commit(store: &Store, txn: Txn, what: &str) -> Result<(), Error> {
     if txn.success.is_empty() {
         return Ok(());
     }
@@ -124,7 +125,7 @@ async fn commit(store: &Store, txn: Txn, what: &str) -> Result<(), String> {
             debug!(%what, "step lost a race; next pass");
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -200,7 +201,7 @@ pub async fn pass(
     reports: &Reports,
     config: &ControllerConfig,
     leading_for: Duration,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let snap = snapshot(store, reports, leading_for);
     for write in plan(&snap, config.node_grace, now_ms(), &mut RandomIds)? {
         debug!(owner = %write.what, ops = write.txn.success.len(), "controller write");

@@ -49,12 +49,13 @@ pub fn apply(existing: Option<&JobRecord>, job: &Job, uid: &str, now_ms: u64) ->
 
 /// The unit an instance of run `run` runs: the template, never restarted by the agent, with the
 /// run's parameters in its environment.
-pub fn unit_for(rec: &JobRecord, run: u64) -> Result<UnitSpec, String> {
+pub fn unit_for(rec: &JobRecord, run: u64) -> Result<UnitSpec, crate::Error> {
     let mut unit = rec.spec.0.template.clone();
     unit.restart.policy = RestartPolicy::Never;
     if let Some(r) = rec.runs.iter().find(|r| r.id == run) {
         for (k, v) in &r.env {
-            let name = hsu_model::unit::EnvName::new(k).map_err(|e| format!("dispatch parameter {k:?}: {e}"))?;
+            let name =
+                hsu_model::unit::EnvName::new(k).map_err(|why| crate::Error::Parameter { name: k.clone(), why })?;
             unit.env.insert(name, v.clone());
         }
     }

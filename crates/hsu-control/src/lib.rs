@@ -10,7 +10,10 @@
 //! the old one left it.
 
 pub mod controller;
+mod error;
 pub mod jobs;
 pub mod plan;
 pub mod rollout;
 pub mod scheduler;
+
+pub use error::Error;

@@ -25,6 +25,7 @@ use rand::Rng;
 use crate::jobs;
 use crate::rollout::{self, InstanceView, Observed, Stable};
 use crate::scheduler::{self, Ask, Held, NodeView};
+use crate::Error;
 
 /// A record as read, with the key and mod revision a write compares on.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,7 +79,7 @@ pub struct Write {
 
 /// The writes of one pass over every deployment and job, in the order to commit them.
 /// `node_grace`: a node that has not reported for this long is down, and its instances lost.
-pub fn plan(snap: &Snapshot, node_grace: Duration, now_ms: u64, ids: &mut impl IdSource) -> Result<Vec<Write>, String> {
+pub fn plan(snap: &Snapshot, node_grace: Duration, now_ms: u64, ids: &mut impl IdSource) -> Result<Vec<Write>, Error> {
     let ids: &mut dyn IdSource = ids;
     let nodes: Vec<NodeView> = snap
         .reports
@@ -129,7 +130,7 @@ pub fn plan(snap: &Snapshot, node_grace: Duration, now_ms: u64, ids: &mut impl I
             .create
             .iter()
             .map(|(run, count)| Ok(Create { revision: *run, count: *count, unit: jobs::unit_for(&next, *run)? }))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, Error>>()?;
         let decided = Decided { next, create, stop: step.stop, delete: step.delete, changed: step.record.is_some() };
         writes.extend(w.owner_write(j, &mine, decided)?);
     }
@@ -150,61 +151,41 @@ trait Owner: Clone + PartialEq + serde::Serialize {
     fn push_event(&mut self, at_ms: u64, message: String);
 }
 
-impl Owner for DeploymentRecord {
-    const KIND: OwnerKind = OwnerKind::Deployment;
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn uid(&self) -> &str {
-        &self.uid
-    }
-    fn placement(&self) -> (Resources, &Placement) {
-        (self.spec.0.resources, &self.spec.0.placement)
-    }
-    fn unplaced(&self) -> &Option<String> {
-        &self.unplaced
-    }
-    fn set_unplaced(&mut self, why: Option<String>) {
-        self.unplaced = why;
-    }
-    fn steps(&mut self) -> &mut u64 {
-        &mut self.steps
-    }
-    fn push_event(&mut self, at_ms: u64, message: String) {
-        DeploymentRecord::push_event(self, at_ms, message);
-    }
+/// Both records keep these under the same names; one body serves both.
+macro_rules! owner {
+    ($record:ty, $kind:expr) => {
+        impl Owner for $record {
+            const KIND: OwnerKind = $kind;
+            fn namespace(&self) -> &str {
+                &self.namespace
+            }
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn uid(&self) -> &str {
+                &self.uid
+            }
+            fn placement(&self) -> (Resources, &Placement) {
+                (self.spec.0.resources, &self.spec.0.placement)
+            }
+            fn unplaced(&self) -> &Option<String> {
+                &self.unplaced
+            }
+            fn set_unplaced(&mut self, why: Option<String>) {
+                self.unplaced = why;
+            }
+            fn steps(&mut self) -> &mut u64 {
+                &mut self.steps
+            }
+            fn push_event(&mut self, at_ms: u64, message: String) {
+                <$record>::push_event(self, at_ms, message);
+            }
+        }
+    };
 }
 
-impl Owner for JobRecord {
-    const KIND: OwnerKind = OwnerKind::Job;
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn uid(&self) -> &str {
-        &self.uid
-    }
-    fn placement(&self) -> (Resources, &Placement) {
-        (self.spec.0.resources, &self.spec.0.placement)
-    }
-    fn unplaced(&self) -> &Option<String> {
-        &self.unplaced
-    }
-    fn set_unplaced(&mut self, why: Option<String>) {
-        self.unplaced = why;
-    }
-    fn steps(&mut self) -> &mut u64 {
-        &mut self.steps
-    }
-    fn push_event(&mut self, at_ms: u64, message: String) {
-        JobRecord::push_event(self, at_ms, message);
-    }
-}
+owner!(DeploymentRecord, OwnerKind::Deployment);
+owner!(JobRecord, OwnerKind::Job);
 
 /// New instances of one revision (a deployment's) or run (a job's).
 struct Create {
@@ -293,7 +274,7 @@ impl<'a> World<'a> {
         owner: &Versioned<R>,
         mine: &[&Versioned<InstanceRecord>],
         step: Decided<R>,
-    ) -> Result<Option<Write>, String> {
+    ) -> Result<Option<Write>, Error> {
         let rec = &owner.value;
         let acts = !step.create.is_empty() || !step.stop.is_empty() || !step.delete.is_empty();
         if !acts && !step.changed && rec.unplaced().is_none() {
@@ -312,7 +293,7 @@ impl<'a> World<'a> {
         for c in &step.create {
             let why = self.create(&mut txn, &ask, rec.name(), c.count, |id, node| {
                 let mut unit = c.unit.clone();
-                unit.name = UnitName::new(&id).map_err(|e| format!("instance name {id}: {e}"))?;
+                unit.name = UnitName::new(&id).map_err(|why| Error::InstanceName { id: id.clone(), why })?;
                 Ok(InstanceRecord {
                     id,
                     namespace: rec.namespace().to_string(),
@@ -356,8 +337,8 @@ impl<'a> World<'a> {
         ask: &Ask<'_>,
         name: &str,
         count: u32,
-        make: impl Fn(String, NodeId) -> Result<InstanceRecord, String>,
-    ) -> Result<Option<String>, String> {
+        make: impl Fn(String, NodeId) -> Result<InstanceRecord, Error>,
+    ) -> Result<Option<String>, Error> {
         let (placed, why) = scheduler::place(&self.nodes, &self.held, ask, count as usize);
         for node in placed {
             let id = self.new_id(name);
@@ -385,7 +366,7 @@ impl<'a> World<'a> {
 
     /// Instances whose deployment or job is gone (its key, not a record that fails to decode,
     /// and not a record of the same name made anew): stopped, then deleted.
-    fn orphans(&self) -> Result<Option<Write>, String> {
+    fn orphans(&self) -> Result<Option<Write>, Error> {
         let owners: BTreeMap<(bool, String), &str> = self
             .snap
             .deployments
@@ -434,7 +415,7 @@ fn stop_and_delete(
     mine: &[&Versioned<InstanceRecord>],
     stop: &[String],
     delete: &[String],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for v in mine {
         let i = &v.value;
         if delete.contains(&i.id) {
@@ -459,8 +440,8 @@ fn put(key: Vec<u8>, value: Vec<u8>) -> Op {
     Op::Put { key, value, lease: 0 }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    encode_record(v).map_err(|e| e.to_string())
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    encode_record(v).map_err(|source| Error::Encode { what: std::any::type_name::<T>(), source })
 }
 
 #[cfg(test)]

@@ -364,20 +364,22 @@ pub fn undo(
     revisions: &[RevisionRecord],
     to: Option<u64>,
     now_ms: u64,
-) -> Result<DeploymentRecord, String> {
+) -> Result<DeploymentRecord, crate::Error> {
     let target = match to {
         Some(n) => revisions.iter().find(|r| r.number == n).ok_or_else(|| {
             let kept: Vec<String> = revisions.iter().map(|r| r.number.to_string()).collect();
-            format!("deployment {} has no revision {n} (kept: {})", rec.name, kept.join(", "))
+            crate::Error::Undo(format!("deployment {} has no revision {n} (kept: {})", rec.name, kept.join(", ")))
         })?,
         None => revisions
             .iter()
             .filter(|r| r.number != rec.revision)
             .max_by_key(|r| if r.number < rec.revision { (1, r.number) } else { (0, r.number) })
-            .ok_or_else(|| format!("deployment {} has no earlier revision to go back to", rec.name))?,
+            .ok_or_else(|| {
+                crate::Error::Undo(format!("deployment {} has no earlier revision to go back to", rec.name))
+            })?,
     };
     if target.number == rec.revision {
-        return Err(format!("deployment {} already runs revision {}", rec.name, target.number));
+        return Err(crate::Error::Undo(format!("deployment {} already runs revision {}", rec.name, target.number)));
     }
     let mut next = rec.clone();
     next.spec.0.template = target.template.0.clone();

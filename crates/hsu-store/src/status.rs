@@ -28,6 +28,14 @@ pub struct Members {
 }
 
 impl Members {
+    /// A membership of `voters` and `learners` (for callers that plan from one, and their tests).
+    pub fn new(voters: Vec<(NodeId, Member)>, learners: Vec<(NodeId, Member)>) -> Members {
+        Members {
+            voters: voters.iter().map(|(id, _)| *id).collect(),
+            nodes: voters.into_iter().chain(learners).collect(),
+        }
+    }
+
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id)
     }

@@ -190,7 +190,7 @@ impl AgentNode {
                 removal: Removal::default(),
             }),
         };
-        let agent = Agent::open(&agent_dir).map_err(NodeError::Config)?;
+        let agent = Agent::open(&agent_dir)?;
         let views: Views = Arc::default();
         let seen = Arc::new(AtomicU64::new(0));
         let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };

@@ -101,10 +101,10 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
     let put = |key: &str, value: Vec<u8>| Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 };
     let txn = Txn {
         success: vec![
-            put(records::CLUSTER, records::encode(&ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })),
-            put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string() })),
-            put(&records::node_key(1), records::encode(&record)),
-            put(records::NEXT_NODE_ID, records::encode(&2u64)),
+            put(records::CLUSTER, records::encode(&ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })?),
+            put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string() })?),
+            put(&records::node_key(1), records::encode(&record)?),
+            put(records::NEXT_NODE_ID, records::encode(&2u64)?),
         ],
         ..Default::default()
     };

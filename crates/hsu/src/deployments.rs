@@ -62,8 +62,8 @@ fn same(key: &[u8], revision: u64) -> Compare {
     Compare { key: key.to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
 }
 
-fn put<T: Serialize>(key: String, value: &T) -> Op {
-    Op::Put { key: key.into_bytes(), value: records::encode(value), lease: 0 }
+fn put<T: Serialize>(key: String, value: &T) -> Result<Op, crate::records::RecordError> {
+    Ok(Op::Put { key: key.into_bytes(), value: records::encode(value)?, lease: 0 })
 }
 
 impl Node {
@@ -124,7 +124,7 @@ impl Node {
                             .and_then(|r| r.runs.last())
                             .map_or(0, |r| r.id);
                         if let Some(rec) = next {
-                            txn.success.push(put(key, &rec));
+                            txn.success.push(put(key, &rec)?);
                         }
                         applied.push(AppliedObject {
                             kind: "Job".into(),
@@ -150,10 +150,10 @@ impl Node {
                     (Some(_), false) => "configured",
                 };
                 if !a.unchanged {
-                    txn.success.push(put(key.clone(), &a.record));
+                    txn.success.push(put(key.clone(), &a.record)?);
                 }
                 if let Some(r) = &a.new_revision {
-                    txn.success.push(put(state::revision_key(ns, name, r.number), r));
+                    txn.success.push(put(state::revision_key(ns, name, r.number), r)?);
                 }
                 for n in &a.prune {
                     txn.success
@@ -173,7 +173,7 @@ impl Node {
             match self.propose(Request::Txn(txn)).await? {
                 hsu_store::Response::Txn(r) if r.succeeded => return Ok(applied),
                 hsu_store::Response::Txn(_) => continue,
-                other => return Err(PeerError::Store(hsu_store::Error::Fatal(format!("unexpected reply {other:?}")))),
+                other => return Err(PeerError::Internal(format!("unexpected reply {other:?}"))),
             }
         }
         Err(hsu_store::Error::Unavailable("the deployments kept changing while applying; try again".into()).into())
@@ -183,7 +183,7 @@ impl Node {
     pub async fn reports_view(&self) -> Result<ReportsView, PeerError> {
         match self.leader_call(PeerRequest::Reports).await? {
             PeerReply::Reports(r) => Ok(r),
-            other => Err(PeerError::Store(hsu_store::Error::Fatal(format!("unexpected reply {other:?}")))),
+            other => Err(PeerError::Internal(format!("unexpected reply {other:?}"))),
         }
     }
 
@@ -307,7 +307,7 @@ impl Node {
             let next = match action {
                 "undo" => {
                     let revisions = self.revisions(namespace, name).await?;
-                    rollout::undo(&rec, &revisions, to_revision, now).map_err(PeerError::Invalid)?
+                    rollout::undo(&rec, &revisions, to_revision, now).map_err(|e| PeerError::Invalid(e.to_string()))?
                 }
                 "pause" => {
                     let mut n = rec.clone();
@@ -331,7 +331,7 @@ impl Node {
             };
             let txn = Txn {
                 compare: vec![same(&kv.key, kv.mod_revision)],
-                success: vec![put(state::deployment_key(namespace, name), &next)],
+                success: vec![put(state::deployment_key(namespace, name), &next)?],
                 failure: vec![],
             };
             if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
@@ -371,7 +371,7 @@ impl Node {
             let run = rec.start_run(env.clone(), records::now_ms());
             let txn = Txn {
                 compare: vec![same(&kv.key, kv.mod_revision)],
-                success: vec![put(key.clone(), &rec)],
+                success: vec![put(key.clone(), &rec)?],
                 failure: vec![],
             };
             if txn_succeeded(self.propose(Request::Txn(txn)).await?) {

@@ -25,6 +25,10 @@ pub enum NodeError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    Record(#[from] crate::records::RecordError),
+    #[error(transparent)]
+    Agent(#[from] hsu_agent::Error),
     /// The node left or was removed from the cluster; it does not start again.
     #[error("{0}")]
     Departed(String),
@@ -49,6 +53,18 @@ pub fn status_of(e: StoreError) -> tonic::Status {
     let mut status = tonic::Status::new(code, e.to_string());
     status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static(outcome));
     status
+}
+
+/// A failure whose effect nobody can vouch for.
+fn unknown(mut status: tonic::Status) -> tonic::Status {
+    status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static("unknown"));
+    status
+}
+
+impl From<crate::records::RecordError> for tonic::Status {
+    fn from(e: crate::records::RecordError) -> Self {
+        unknown(tonic::Status::internal(e.to_string()))
+    }
 }
 
 /// A refusal before anything reached the store: certainly not applied.
@@ -78,6 +94,7 @@ impl From<crate::peer::PeerError> for tonic::Status {
             PeerError::Invalid(m) => refused(tonic::Status::invalid_argument(m)),
             PeerError::NotFound(m) => refused(tonic::Status::not_found(format!("{m} not found"))),
             PeerError::WrongNode(m) => refused(tonic::Status::failed_precondition(m)),
+            e @ PeerError::Internal(_) => unknown(tonic::Status::internal(e.to_string())),
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::peer::{
 use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
 use crate::removal::{Departure, Removal};
 
+mod admission;
 mod health;
 mod keepers;
 mod membership;
@@ -392,7 +393,7 @@ impl Node {
 }
 
 fn unexpected(reply: PeerReply) -> PeerError {
-    PeerError::Store(Error::Fatal(format!("unexpected reply from the leader: {reply:?}")))
+    PeerError::Internal(format!("unexpected reply from the leader: {reply:?}"))
 }
 
 fn same_revision(key: &str, revision: u64) -> Compare {

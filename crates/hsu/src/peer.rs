@@ -308,6 +308,16 @@ pub enum PeerError {
     /// message says where to send it.
     #[error("{0}")]
     WrongNode(String),
+    /// Something that should not happen did (a missing cluster record, an answer of the wrong
+    /// kind): the request may or may not have taken effect.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::records::RecordError> for PeerError {
+    fn from(e: crate::records::RecordError) -> Self {
+        PeerError::Internal(e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -91,15 +91,26 @@ pub struct ClusterInfo {
     pub created_ms: u64,
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding plain structs into a Vec cannot fail; an error here is a bug in a type above.
-    encode_record(value).unwrap_or_default()
+/// A record of the node's own that could not be written or read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// A value did not encode: a bug in a type, never a value worth storing empty.
+    #[error("a {what} record does not encode: {source}")]
+    Encode { what: &'static str, source: CodecError },
+    /// A stored value did not decode (damage, or a record of another version).
+    #[error("the record at {key} does not decode: {source}")]
+    Decode { key: String, source: CodecError },
 }
 
-pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, hsu_store::Error> {
-    decode_record(bytes).map_err(|e: CodecError| {
-        hsu_store::Error::Fatal(format!("record at {} does not decode: {e}", String::from_utf8_lossy(key)))
-    })
+/// Encodes `value` as a versioned record.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
+    encode_record(value).map_err(|source| RecordError::Encode { what: std::any::type_name::<T>(), source })
+}
+
+/// Decodes the record stored at `key`.
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, RecordError> {
+    decode_record(bytes)
+        .map_err(|source| RecordError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })
 }
 
 pub fn now_ms() -> u64 {

@@ -28,8 +28,7 @@ impl Node {
             stopping.stopped().await
         }));
         let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
-        let units = crate::units::spawn(node.clone(), dir.agent_dir(), tuning.labels.clone(), on_exit)
-            .map_err(NodeError::Config)?;
+        let units = crate::units::spawn(node.clone(), dir.agent_dir(), tuning.labels.clone(), on_exit)?;
         node.set_units(units);
         node.spawn_keepers();
         Ok(node)

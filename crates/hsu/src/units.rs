@@ -34,7 +34,7 @@ pub(crate) fn spawn(
     agent_dir: PathBuf,
     labels: BTreeMap<String, String>,
     on_exit: OnExit,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, hsu_agent::Error> {
     let agent = Agent::open(&agent_dir)?;
     let views: Views = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));

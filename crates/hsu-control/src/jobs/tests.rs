@@ -97,7 +97,7 @@ fn a_finished_run_stops_what_still_runs_and_dispatch_parameters_reach_the_unit()
     assert_eq!(unit.restart.policy, RestartPolicy::Never);
     assert_eq!(unit.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), [("DATE", "2026-11-26")]);
     rec.runs.last_mut().unwrap().env.insert("HSU_X".into(), "1".into());
-    assert!(unit_for(&rec, run).unwrap_err().contains("HSU_"));
+    assert!(unit_for(&rec, run).unwrap_err().to_string().contains("HSU_"));
 }
 
 #[test]

@@ -140,6 +140,15 @@ fn check(snap: &Snapshot, expected: Expect) {
     expected.assert_eq(&render(&writes));
 }
 
+/// A snapshot that holds deployment `default/web` (record at `mod_revision`) and its revisions.
+fn web(rec: DeploymentRecord, revisions: Vec<RevisionRecord>, mod_revision: u64) -> Snapshot {
+    Snapshot {
+        deployments: vec![versioned(state::deployment_key("default", "web"), mod_revision, rec)],
+        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
+        ..Snapshot::default()
+    }
+}
+
 fn two_nodes(instances: [Vec<InstanceReport>; 2], seen_revision: u64) -> BTreeMap<NodeId, (Duration, NodeReport)> {
     let [a, b] = instances;
     BTreeMap::from([
@@ -151,12 +160,7 @@ fn two_nodes(instances: [Vec<InstanceReport>; 2], seen_revision: u64) -> BTreeMa
 #[test]
 fn a_new_deployment_gets_its_replicas_spread_over_the_nodes() {
     let (rec, revisions) = deployment(3, "{maxSurge: 1, maxUnavailable: 0}", "a");
-    let snap = Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), 7, rec)],
-        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
-        reports: two_nodes([vec![], vec![]], 7),
-        ..Snapshot::default()
-    };
+    let snap = Snapshot { reports: two_nodes([vec![], vec![]], 7), ..web(rec, revisions, 7) };
     check(
         &snap,
         expect![[r#"
@@ -195,14 +199,8 @@ fn an_instance_lost_with_its_node_is_deleted_and_replaced_elsewhere() {
     let b = instance_of(&rec, "web-b", 2, 11);
     let mut reports = two_nodes([vec![running("web-a", 60_000)], vec![running("web-b", 60_000)]], 11);
     reports.get_mut(&2).unwrap().0 = Duration::from_secs(4);
-    let snap = Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), 9, rec)],
-        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
-        instances: vec![a, b],
-        reports,
-        leading_for: Duration::from_secs(60),
-        ..Snapshot::default()
-    };
+    let snap =
+        Snapshot { instances: vec![a, b], reports, leading_for: Duration::from_secs(60), ..web(rec, revisions, 9) };
     check(
         &snap,
         expect![[r#"
@@ -233,13 +231,11 @@ fn orphans_are_stopped_or_deleted_and_undecodable_owners_keep_theirs() {
     let mut kept = instance_of(&rec, "web-d", 1, 13);
     kept.value.owner = "broken".into();
     let snap = Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), 9, again)],
-        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
         instances: vec![gone, old, stopped, kept],
         undecodable_owners: [state::deployment_key("default", "broken").into_bytes()].into(),
         reports: two_nodes([vec![running("web-a", 1_000), running("web-d", 1_000)], vec![running("web-b", 1_000)]], 13),
         leading_for: Duration::from_secs(60),
-        ..Snapshot::default()
+        ..web(again, revisions, 9)
     };
     check(
         &snap,
@@ -261,11 +257,7 @@ fn orphans_are_stopped_or_deleted_and_undecodable_owners_keep_theirs() {
 #[test]
 fn without_nodes_nothing_is_placed_and_the_record_says_why_once() {
     let (rec, revisions) = deployment(2, "{}", "a");
-    let mut snap = Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), 7, rec)],
-        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
-        ..Snapshot::default()
-    };
+    let mut snap = web(rec, revisions, 7);
     let writes = plan(&snap, GRACE, 1_000, &mut Seq(0)).unwrap();
     check(
         &snap,
@@ -314,12 +306,7 @@ fn taken_ids_are_drawn_again() {
         }
     }
     let (rec, revisions) = deployment(2, "{}", "a");
-    let snap = Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), 7, rec)],
-        revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
-        reports: two_nodes([vec![], vec![]], 7),
-        ..Snapshot::default()
-    };
+    let snap = Snapshot { reports: two_nodes([vec![], vec![]], 7), ..web(rec, revisions, 7) };
     let writes = plan(&snap, GRACE, 1_000, &mut Repeats(0)).unwrap();
     let keys: Vec<String> = writes[0]
         .txn

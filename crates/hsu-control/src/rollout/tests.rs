@@ -299,8 +299,8 @@ fn undo_goes_to_the_previous_or_a_named_revision() {
     assert_eq!(back.spec.0.template.command.as_ref().unwrap().program(), "b");
     let first = undo(&w.rec, &w.revisions, Some(1), 5).unwrap();
     assert_eq!(first.revision, 1);
-    assert!(undo(&w.rec, &w.revisions, Some(9), 5).unwrap_err().contains("no revision 9 (kept: 1, 2, 3)"));
-    assert!(undo(&w.rec, &w.revisions, Some(3), 5).unwrap_err().contains("already runs revision 3"));
+    assert!(undo(&w.rec, &w.revisions, Some(9), 5).unwrap_err().to_string().contains("no revision 9 (kept: 1, 2, 3)"));
+    assert!(undo(&w.rec, &w.revisions, Some(3), 5).unwrap_err().to_string().contains("already runs revision 3"));
 }
 
 /// Found by the end-to-end sampler: instances that are ready but not yet ready for `minReady`

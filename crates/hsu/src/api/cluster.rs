@@ -73,7 +73,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.node, &req, Need::Read)?;
         let membership = self.node.store().status().members;
-        let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(crate::error::status_of)?;
+        let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(Status::from)?;
         // Health and resources come from the leader's memory; without a leader, none are known.
         let reports = tokio::time::timeout(Duration::from_secs(1), self.node.reports_view())
             .await
@@ -176,7 +176,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
-        let tokens = self.node.list_local::<TokenEntry>(records::TOKENS).map_err(crate::error::status_of)?;
+        let tokens = self.node.list_local::<TokenEntry>(records::TOKENS).map_err(Status::from)?;
         Ok(Response::new(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_info).collect() }))
     }
 

@@ -18,7 +18,7 @@ impl Node {
             Some(key) => key,
             None => self.fetch_ca_key().await?,
         };
-        ClusterCa::from_pem(&self.inner.pki.ca_pem, &key).map_err(|e| PeerError::Store(Error::Fatal(e.to_string())))
+        ClusterCa::from_pem(&self.inner.pki.ca_pem, &key).map_err(|e| PeerError::Internal(e.to_string()))
     }
 
     /// Asks the other voters for the CA key (only voters are given it), checks that it is the
@@ -37,7 +37,7 @@ impl Node {
                         .map_err(|e| PeerError::Invalid(format!("node {id} sent a CA key that does not fit: {e}")))?;
                     let path = crate::datadir::DataDir::new(&self.inner.dir).ca_key_file();
                     hsu_net::pki::write_private(&path, key.as_bytes())
-                        .map_err(|e| PeerError::Store(Error::Fatal(format!("{}: {e}", path.display()))))?;
+                        .map_err(|e| PeerError::Internal(format!("{}: {e}", path.display())))?;
                     *self.inner.ca_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
                     tracing::info!(from = id, "this voter now holds the CA key");
                     return Ok(key);

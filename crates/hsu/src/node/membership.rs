@@ -18,30 +18,30 @@ impl Node {
         let cluster: records::ClusterInfo = self
             .get_record(records::CLUSTER)
             .await?
-            .ok_or_else(|| PeerError::Store(Error::Fatal("cluster info is missing".into())))?;
+            .ok_or_else(|| PeerError::Internal("cluster info is missing".into()))?;
         for _attempt in 0..20 {
             let token_key = records::token_key(&token.id);
             let tok = self.store().get(token_key.clone(), Consistency::Linearizable).await?;
-            let tok = tok.ok_or_else(|| PeerError::Denied("unknown token".into()))?;
-            let entry: TokenEntry = records::decode(&tok.key, &tok.value)?;
-            if entry.kind != TokenKind::Join {
-                return Err(PeerError::Denied("an API token cannot be used to join".into()));
-            }
-            entry.record.check(&token, records::now_ms()).map_err(|e| PeerError::Denied(format!("join token: {e}")))?;
-            let taken =
-                self.list_local::<NodeRecord>(records::NODES)?.into_iter().any(|n| !n.removed && n.name == ticket.name);
-            if taken {
-                return Err(PeerError::Invalid(format!("a node named {:?} is already in the cluster", ticket.name)));
-            }
+            let entry: Option<TokenEntry> = tok.as_ref().map(|t| records::decode(&t.key, &t.value)).transpose()?;
+            let nodes = self.list_local::<NodeRecord>(records::NODES)?;
             let next = self.store().get(records::NEXT_NODE_ID, Consistency::Linearizable).await?;
-            let next = next.ok_or_else(|| PeerError::Store(Error::Fatal("node id counter is missing".into())))?;
-            let id: NodeId = records::decode(&next.key, &next.value)?;
-            let identity = if ticket.agent_only { Identity::Agent(id) } else { Identity::Node(id) };
+            let next = next.ok_or_else(|| PeerError::Internal("node id counter is missing".into()))?;
+            let next_id: NodeId = records::decode(&next.key, &next.value)?;
+            let view = admission::JoinView {
+                ticket: &ticket,
+                token: &token,
+                entry: entry.as_ref(),
+                nodes: &nodes,
+                next_id,
+                now_ms: records::now_ms(),
+            };
+            let admission::Admission { id, identity } = admission::admit(&view)?;
+            let (tok, entry) = tok.zip(entry).ok_or_else(|| PeerError::Denied("unknown token".into()))?;
             let cert_pem = ca
                 .sign_node_csr(&ticket.csr_pem, &identity, 365)
                 .map_err(|e| PeerError::Invalid(format!("csr: {e}")))?;
             let cert_sha256 = records::leaf_fingerprint(&cert_pem)
-                .ok_or_else(|| PeerError::Store(Error::Fatal("the signed certificate does not parse".into())))?;
+                .ok_or_else(|| PeerError::Internal("the signed certificate does not parse".into()))?;
             let record = NodeRecord {
                 cert_sha256,
                 id,
@@ -53,18 +53,7 @@ impl Node {
                 removed: false,
                 agent_only: ticket.agent_only,
             };
-            let txn = Txn {
-                compare: vec![
-                    same_revision(&token_key, tok.mod_revision),
-                    same_revision(records::NEXT_NODE_ID, next.mod_revision),
-                ],
-                success: vec![
-                    put(&token_key, records::encode(&TokenEntry { record: entry.record.used(), ..entry })),
-                    put(records::NEXT_NODE_ID, records::encode(&(id + 1))),
-                    put(&records::node_key(id), records::encode(&record)),
-                ],
-                failure: vec![],
-            };
+            let txn = admission::enrollment(&token_key, tok.mod_revision, &entry, next.mod_revision, &record)?;
             if self.store().txn(txn).await?.succeeded {
                 tracing::info!(node = id, name = %ticket.name, agent_only = ticket.agent_only, "node enrolled");
                 let servers = {
@@ -90,35 +79,14 @@ impl Node {
         target_voters: u32,
     ) -> Result<String, PeerError> {
         self.must_lead()?;
-        let record: NodeRecord = self
-            .get_record(&records::node_key(id))
-            .await?
-            .ok_or_else(|| PeerError::Denied(format!("node {id} has not enrolled")))?;
-        if record.removed {
-            return Err(PeerError::Denied(format!("node {id} was removed from the cluster")));
-        }
-        if record.agent_only {
-            return Err(PeerError::Denied(format!("node {id} is an agent-only node: it is never added to raft")));
-        }
-        let (is_voter, is_member, voters) = {
-            let members = self.store().status().members;
-            (members.is_voter(id), members.contains(id), members.voter_count() as u32)
+        let record: Option<NodeRecord> = self.get_record(&records::node_key(id)).await?;
+        let members = self.store().status().members;
+        let voter = match admission::place_member(id, record.as_ref(), &members, wish, target_voters)? {
+            admission::Placement::AlreadyVoter => return Ok("voter".into()),
+            admission::Placement::AddVoter => true,
+            admission::Placement::AddLearner => false,
         };
-        if is_voter {
-            return Ok("voter".into());
-        }
-        if is_member {
-            // Adding is for nodes that are not in Raft yet; asking again must not make a learner
-            // a voter (that is the master's decision, not the learner's).
-            return Err(PeerError::Denied(format!(
-                "node {id} is already a learner; a learner is not promoted by asking"
-            )));
-        }
-        let voter = match wish {
-            RoleWish::Voter => true,
-            RoleWish::Learner => false,
-            RoleWish::Auto => voters < target_voters.max(1),
-        };
+        let record = record.ok_or_else(|| PeerError::Denied(format!("node {id} has not enrolled")))?;
         let member = Member::new(record.name.clone(), record.address.clone());
         let _one_at_a_time = self.inner.membership.lock().await;
         // `add_voter` adds the node as a learner that catches up first, then promotes it.

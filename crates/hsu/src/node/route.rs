@@ -216,15 +216,15 @@ impl Node {
 
     pub(super) async fn get_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PeerError> {
         let kv = self.store().get(key, Consistency::Linearizable).await?;
-        kv.map(|kv| records::decode(&kv.key, &kv.value)).transpose().map_err(PeerError::Store)
+        kv.map(|kv| records::decode(&kv.key, &kv.value)).transpose().map_err(PeerError::from)
     }
 
     pub(super) async fn put_record<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<u64, PeerError> {
-        Ok(self.store().put(key, records::encode(value), 0).await?.0)
+        Ok(self.store().put(key, records::encode(value)?, 0).await?.0)
     }
 
     /// Records of kind `T` under `prefix`, from this node's state machine.
-    pub fn list_local<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, Error> {
+    pub fn list_local<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, crate::records::RecordError> {
         let r = self.store().range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
         r.kvs.iter().map(|kv| records::decode(&kv.key, &kv.value)).collect()
     }

@@ -22,7 +22,7 @@ impl Node {
         let req = Request::Txn(Txn {
             success: vec![Op::Put {
                 key: records::token_key(&token.id).into_bytes(),
-                value: records::encode(&entry),
+                value: records::encode(&entry)?,
                 lease: 0,
             }],
             ..Default::default()
@@ -55,7 +55,7 @@ impl Node {
                 .ok_or_else(|| PeerError::NotFound(what.to_string()))?;
             let mut record: T = records::decode(&kv.key, &kv.value)?;
             change(&mut record);
-            match self.propose(put_if_unchanged(key, kv.mod_revision, records::encode(&record))).await? {
+            match self.propose(put_if_unchanged(key, kv.mod_revision, records::encode(&record)?)).await? {
                 Response::Txn(t) if t.succeeded => return Ok(()),
                 Response::Txn(_) => continue,
                 other => return Err(unexpected(PeerReply::Response(other))),
