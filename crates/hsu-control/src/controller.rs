@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hsu_model::state::{self, DeploymentRecord, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
-use hsu_model::{decode_record, NodeId};
+use hsu_model::NodeId;
 use hsu_store::{KeyRange, Store, Txn};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -157,17 +157,11 @@ async fn state_changed(watchers: &mut Vec<hsu_store::Watcher>) {
 /// that do not.
 fn read<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> (Vec<Versioned<T>>, Vec<Vec<u8>>) {
     let r = store.range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
-    let (mut good, mut bad) = (Vec::new(), Vec::new());
-    for kv in r.kvs {
-        match decode_record::<T>(&kv.value) {
-            Ok(value) => good.push(Versioned { key: kv.key, mod_revision: kv.mod_revision, value }),
-            Err(e) => {
-                warn!(key = %String::from_utf8_lossy(&kv.key), "record does not decode: {e}");
-                bad.push(kv.key);
-            }
-        }
+    let (good, bad) = hsu_store::record::records_of(r.kvs);
+    for (key, e) in &bad {
+        warn!(key = %String::from_utf8_lossy(key), "record does not decode: {e}");
     }
-    (good, bad)
+    (good, bad.into_iter().map(|(key, _)| key).collect())
 }
 
 /// Everything one pass plans from, read from this member's applied state.

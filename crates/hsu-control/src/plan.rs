@@ -19,21 +19,15 @@ use hsu_model::state::{
 };
 use hsu_model::unit::{UnitName, UnitSpec};
 use hsu_model::{encode_record, NodeId};
-use hsu_store::{Compare, CompareOp, CompareTarget, KeyRange, Op, Txn};
+use hsu_store::record::{put, unchanged};
+pub use hsu_store::Versioned;
+use hsu_store::{KeyRange, Op, Txn};
 use rand::Rng;
 
 use crate::jobs;
 use crate::rollout::{self, InstanceView, Observed, Stable};
 use crate::scheduler::{self, Ask, Held, NodeView};
 use crate::Error;
-
-/// A record as read, with the key and mod revision a write compares on.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Versioned<T> {
-    pub key: Vec<u8>,
-    pub mod_revision: u64,
-    pub value: T,
-}
 
 /// What one pass reads.
 #[derive(Clone, Debug, Default)]
@@ -429,15 +423,6 @@ fn stop_and_delete(
         }
     }
     Ok(())
-}
-
-/// The key is as it was read: `mod_revision` 0 means it does not exist.
-fn unchanged(key: &[u8], mod_revision: u64) -> Compare {
-    Compare { key: key.to_vec(), target: CompareTarget::ModRevision(mod_revision), op: CompareOp::Equal }
-}
-
-fn put(key: Vec<u8>, value: Vec<u8>) -> Op {
-    Op::Put { key, value, lease: 0 }
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {

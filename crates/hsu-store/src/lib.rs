@@ -15,6 +15,7 @@ mod kv;
 mod lease;
 mod network;
 mod read_index;
+pub mod record;
 mod router;
 mod status;
 mod storage;
@@ -24,6 +25,7 @@ mod watch;
 
 pub use error::{Error, OpenError};
 pub use network::{Connection, Network, RaftTransport, RpcKind, TransportError};
+pub use record::Versioned;
 pub use router::{Router, RouterTransport};
 pub use status::{Members, RaftRole, RaftStatus, StatusWatch, Stopped};
 pub use storage::log::LogStore;

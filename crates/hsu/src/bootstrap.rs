@@ -11,7 +11,8 @@ use hsu_model::NodeId;
 use hsu_net::pki::{self, cert_der_to_pem, generate_csr, CertifiedKey, ClusterCa, API_SERVER_NAME};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
-use hsu_store::{Member, Op, Request, Txn};
+use hsu_store::record::put;
+use hsu_store::{Member, Request, Txn};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::agent_node::AgentNode;
@@ -98,12 +99,11 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
         removed: false,
         agent_only: false,
     };
-    let put = |key: &str, value: Vec<u8>| Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 };
     let txn = Txn {
         success: vec![
             put(records::CLUSTER, records::encode(&ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })?),
             put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string() })?),
-            put(&records::node_key(1), records::encode(&record)?),
+            put(records::node_key(1), records::encode(&record)?),
             put(records::NEXT_NODE_ID, records::encode(&2u64)?),
         ],
         ..Default::default()

@@ -8,7 +8,8 @@ use hsu_control::{jobs, rollout};
 use hsu_model::deploy::{parse_documents, Object, Source};
 use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
 use hsu_model::NodeId;
-use hsu_store::{Compare, CompareOp, CompareTarget, Consistency, KeyRange, KeyValue, Op, Request, Txn};
+use hsu_store::record::unchanged;
+use hsu_store::{Consistency, KeyRange, KeyValue, Op, Request, Txn};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -58,12 +59,8 @@ fn txn_succeeded(r: hsu_store::Response) -> bool {
     matches!(r, hsu_store::Response::Txn(t) if t.succeeded)
 }
 
-fn same(key: &[u8], revision: u64) -> Compare {
-    Compare { key: key.to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
-}
-
 fn put<T: Serialize>(key: String, value: &T) -> Result<Op, crate::records::RecordError> {
-    Ok(Op::Put { key: key.into_bytes(), value: records::encode(value)?, lease: 0 })
+    Ok(hsu_store::record::put(key, records::encode(value)?))
 }
 
 impl Node {
@@ -111,7 +108,8 @@ impl Node {
                         let (ns, name) = (j.metadata.namespace.as_str(), j.metadata.name.as_str());
                         let key = state::job_key(ns, name);
                         let existing: Option<(KeyValue, JobRecord)> = self.record_at(&key).await?;
-                        txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
+                        txn.compare
+                            .push(unchanged(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
                         let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, &new_uid(), now);
                         let result = match (&existing, &next) {
                             (None, _) => "created",
@@ -143,7 +141,7 @@ impl Node {
                     self.list_records(&state::revisions_prefix(ns, name)).await?;
                 let revs: Vec<RevisionRecord> = revisions.iter().map(|(_, r)| r.clone()).collect();
                 let a = rollout::apply(existing.as_ref().map(|(_, r)| r), &revs, d, &new_uid(), now);
-                txn.compare.push(same(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
+                txn.compare.push(unchanged(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
                 let result = match (&existing, a.unchanged) {
                     (None, _) => "created",
                     (Some(_), true) => "unchanged",
@@ -279,7 +277,7 @@ impl Node {
         for _attempt in 0..10 {
             let (kv, _) = self.deployment(namespace, name).await?;
             let txn = Txn {
-                compare: vec![same(&kv.key, kv.mod_revision)],
+                compare: vec![unchanged(&kv.key, kv.mod_revision)],
                 success: vec![
                     Op::Delete { range: KeyRange::Key(kv.key.clone()) },
                     Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(namespace, name).into_bytes()) },
@@ -330,7 +328,7 @@ impl Node {
                 }
             };
             let txn = Txn {
-                compare: vec![same(&kv.key, kv.mod_revision)],
+                compare: vec![unchanged(&kv.key, kv.mod_revision)],
                 success: vec![put(state::deployment_key(namespace, name), &next)?],
                 failure: vec![],
             };
@@ -370,7 +368,7 @@ impl Node {
                 self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
             let run = rec.start_run(env.clone(), records::now_ms());
             let txn = Txn {
-                compare: vec![same(&kv.key, kv.mod_revision)],
+                compare: vec![unchanged(&kv.key, kv.mod_revision)],
                 success: vec![put(key.clone(), &rec)?],
                 failure: vec![],
             };
@@ -388,7 +386,7 @@ impl Node {
             let (kv, _): (KeyValue, JobRecord) =
                 self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
             let txn = Txn {
-                compare: vec![same(&kv.key, kv.mod_revision)],
+                compare: vec![unchanged(&kv.key, kv.mod_revision)],
                 success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],
                 failure: vec![],
             };

@@ -12,9 +12,10 @@ use hsu_model::NodeId;
 use hsu_net::pki::{self, certs_from_pem, identity_of, sha256, ClusterCa, Identity, RevocationCheck};
 use hsu_net::quic::{Endpoint, EndpointConfig, Handler, ALPN};
 use hsu_net::token::{JoinToken, TokenRecord};
+use hsu_store::record::{put, unchanged};
 use hsu_store::{
-    Compare, CompareOp, CompareTarget, Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request,
-    RequestId, Response, Store, StoreConfig, Txn,
+    Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request, RequestId, Response, Store, StoreConfig,
+    Txn,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -396,16 +397,8 @@ fn unexpected(reply: PeerReply) -> PeerError {
     PeerError::Internal(format!("unexpected reply from the leader: {reply:?}"))
 }
 
-fn same_revision(key: &str, revision: u64) -> Compare {
-    Compare { key: key.as_bytes().to_vec(), target: CompareTarget::ModRevision(revision), op: CompareOp::Equal }
-}
-
-fn put(key: &str, value: Vec<u8>) -> Op {
-    Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 }
-}
-
 fn put_if_unchanged(key: &str, revision: u64, value: Vec<u8>) -> Request {
-    Request::Txn(Txn { compare: vec![same_revision(key, revision)], success: vec![put(key, value)], failure: vec![] })
+    Request::Txn(Txn { compare: vec![unchanged(key, revision)], success: vec![put(key, value)], failure: vec![] })
 }
 
 /// `(id, address)` of members with the voters first: who to follow and report through.

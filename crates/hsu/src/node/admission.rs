@@ -52,11 +52,11 @@ pub(crate) fn enrollment(
     record: &NodeRecord,
 ) -> Result<Txn, crate::records::RecordError> {
     Ok(Txn {
-        compare: vec![same_revision(token_key, token_revision), same_revision(records::NEXT_NODE_ID, counter_revision)],
+        compare: vec![unchanged(token_key, token_revision), unchanged(records::NEXT_NODE_ID, counter_revision)],
         success: vec![
             put(token_key, records::encode(&TokenEntry { record: entry.record.used(), ..entry.clone() })?),
             put(records::NEXT_NODE_ID, records::encode(&(record.id + 1))?),
-            put(&records::node_key(record.id), records::encode(record)?),
+            put(records::node_key(record.id), records::encode(record)?),
         ],
         failure: vec![],
     })

@@ -2,6 +2,7 @@
 //! voter autopilot puts a node; a property test that any sequence of automatic joins fills the
 //! voters up to the target and never past it.
 
+use hsu_store::CompareTarget;
 use proptest::prelude::*;
 
 use super::*;
