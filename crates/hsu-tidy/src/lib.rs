@@ -3,6 +3,9 @@
 //! of every source file. Each check returns the problems it found as sentences that name the
 //! file, so that one run lists everything that is wrong.
 //!
+//! Within each crate, the modules must not import one another in a circle: every module can
+//! then be read, and changed, knowing only those below it.
+//!
 //! Manifests are parsed as TOML, so every dependency table counts: `[dependencies]`,
 //! `[dev-dependencies]`, `[build-dependencies]` and their `[target.'cfg(..)'.*]` forms.
 
@@ -177,6 +180,65 @@ pub fn check_source(path: &str, member: &str, text: &str) -> Vec<String> {
     problems
 }
 
+/// The modules of one crate (`src/x.rs` and `src/x/` are module `x`; `lib.rs`, `main.rs` and
+/// `bin/` are roots, left out; so are `tests.rs` files) and the other modules each names with a
+/// `crate::` path.
+pub fn module_imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Test modules may reach anything; they are no part of the crate's structure.
+    for file in rust_files(src).into_iter().filter(|f| f.file_name().is_some_and(|n| n != "tests.rs")) {
+        let rel = file.strip_prefix(src).unwrap_or(&file);
+        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let module = top.trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" || module == "bin" {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let uses = graph.entry(module.clone()).or_default();
+        for name in crate_paths(&text) {
+            if name != module {
+                uses.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+/// The first segment of every `crate::` path in `text`, outside comments.
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        let mut rest = line;
+        while let Some(i) = rest.find("crate::") {
+            let before = rest[..i].chars().last();
+            rest = &rest[i + "crate::".len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // `hsu_crate::` or the like
+            }
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() && name.chars().next().is_some_and(|c| c.is_lowercase()) {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// The modules that are on some circle of imports (each can reach itself), sorted.
+pub fn modules_in_circles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<String> {
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&str> = graph.get(from).map(|s| s.iter().map(String::as_str).collect()).unwrap_or_default();
+        while let Some(m) = todo.pop() {
+            if seen.insert(m.to_string()) {
+                todo.extend(graph.get(m).map(|s| s.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default());
+            }
+        }
+        seen
+    };
+    graph.keys().filter(|m| reach(m).contains(*m)).cloned().collect()
+}
+
 /// Every `.rs` file under `dir`, sorted; `target` directories are passed over.
 pub fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -229,6 +291,15 @@ pub fn check_workspace(root: &Path) -> Vec<String> {
         (o, r) => problems.extend([o.err(), r.err()].into_iter().flatten()),
     }
     for m in &members {
+        let circle = modules_in_circles(&module_imports(&root.join(&m.dir).join("src")));
+        if !circle.is_empty() {
+            let names: Vec<&str> = circle.iter().map(String::as_str).collect();
+            problems.push(format!(
+                "{}: modules {} import one another in a circle (each reaches itself through `crate::` paths)",
+                m.dir,
+                names.join(", ")
+            ));
+        }
         for file in rust_files(&root.join(&m.dir)) {
             let rel = file.strip_prefix(root).unwrap_or(&file).display().to_string();
             match std::fs::read_to_string(&file) {

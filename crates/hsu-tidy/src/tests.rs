@@ -143,3 +143,25 @@ fn sources_need_a_header_and_stay_off_the_raft_handle() {
     assert_eq!(raft, vec!["b.rs:2: calls `.raft()`; outside hsu-store use `Store::status()`".to_string()]);
     assert!(check_source("c.rs", "hsu-store", "//! C.\nself.raft().metrics();\n").is_empty());
 }
+
+#[test]
+fn an_import_circle_between_modules_is_found() {
+    let dir = std::env::temp_dir().join(format!("hsu-tidy-{}", std::process::id()));
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    let write = |path: &str, text: &str| std::fs::write(src.join(path), text).unwrap();
+    write("lib.rs", "//! Root.\nmod a;\nmod b;\nmod c;\n");
+    write("a.rs", "//! A.\nuse crate::b::B;\n");
+    write("b.rs", "//! B.\nmod inner;\n// crate::c::C in a comment is no import\n");
+    // `b/inner.rs` belongs to module b: b reaches a, and a reaches b.
+    write("b/inner.rs", "//! Inner.\nfn f() { let _ = crate::a::A; let _ = hsu_crate::x; }\n");
+    write("c.rs", "//! C.\nuse crate::a::A;\n");
+    write("b/tests.rs", "use crate::c::C;\n");
+    let graph = module_imports(&src);
+    assert_eq!(graph["b"], BTreeSet::from(["a".to_string()]), "{graph:?}");
+    assert_eq!(modules_in_circles(&graph), BTreeSet::from(["a".to_string(), "b".to_string()]));
+    // Without b's inner file, no module reaches itself.
+    std::fs::remove_file(src.join("b/inner.rs")).unwrap();
+    assert!(modules_in_circles(&module_imports(&src)).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
