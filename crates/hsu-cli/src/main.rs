@@ -178,9 +178,9 @@ pub(crate) async fn foreground(node: Node) -> anyhow::Result<()> {
 
 /// A node that left exits 0; one that was removed fails, so a supervisor does not take the
 /// exit for a clean stop (and `hsu node run` on its data directory says it was removed).
-fn departed(departure: Option<hsu::removal::Departure>) -> anyhow::Result<()> {
+fn departed(departure: Option<hsu::Departure>) -> anyhow::Result<()> {
     match departure {
-        Some(hsu::removal::Departure::Removed(reason)) => bail!("this node was removed from the cluster: {reason}"),
+        Some(hsu::Departure::Removed(reason)) => bail!("this node was removed from the cluster: {reason}"),
         _ => Ok(()),
     }
 }

@@ -19,7 +19,7 @@ use crate::agent_node::AgentNode;
 use crate::datadir::{DataDir, JoinedVia, NodeState, Pki};
 use crate::error::NodeError;
 use crate::node::{validate_name, Node, Tuning};
-use crate::peer::{PeerReply, PeerRequest};
+use crate::peer::PeerRequest;
 use crate::records::{self, ApiRole, CaRecord, ClusterInfo, NodeRecord, TokenKind};
 use hsu_sdk::client::{channel, error_chain, ClientConfig};
 
@@ -359,8 +359,11 @@ pub async fn run(
         // (unchanged) address; retried in the background until it works.
         tokio::spawn(async move {
             for _ in 0..60 {
-                match node2.leader_call(PeerRequest::UpdateAddress { id: node2.id(), member: member.clone() }).await {
-                    Ok(PeerReply::Done) => {
+                match node2
+                    .leader_call::<()>(PeerRequest::UpdateAddress { id: node2.id(), member: member.clone() })
+                    .await
+                {
+                    Ok(()) => {
                         tracing::info!("the cluster now knows this node at {}", member.addr);
                         return;
                     }

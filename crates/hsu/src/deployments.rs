@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::node::Node;
-use crate::peer::{PeerError, PeerReply, PeerRequest, ReportsView};
+use crate::peer::{PeerError, PeerRequest, ReportsView};
 use crate::records;
 
 /// One applied object and what happened to it.
@@ -179,10 +179,7 @@ impl Node {
 
     /// The master's reports (asked of the leader when this node does not lead).
     pub async fn reports_view(&self) -> Result<ReportsView, PeerError> {
-        match self.leader_call(PeerRequest::Reports).await? {
-            PeerReply::Reports(r) => Ok(r),
-            other => Err(PeerError::Internal(format!("unexpected reply {other:?}"))),
-        }
+        self.leader_call(PeerRequest::Reports).await
     }
 
     pub(crate) fn reports_as_leader(&self) -> ReportsView {

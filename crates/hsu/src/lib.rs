@@ -4,16 +4,16 @@
 
 pub mod agent_node;
 pub mod api;
-pub mod authz;
+mod authz;
 pub mod bootstrap;
 pub mod datadir;
-pub mod deployments;
-pub mod error;
-pub mod logs;
-pub mod node;
+mod deployments;
+mod error;
+mod logs;
+mod node;
 pub mod peer;
 pub mod records;
-pub mod removal;
+mod removal;
 mod serve;
 mod session;
 mod start;
@@ -21,3 +21,4 @@ mod units;
 
 pub use error::NodeError;
 pub use node::{ClusterStatus, MemberStatus, Node, Tuning};
+pub use removal::Departure;

@@ -5,24 +5,13 @@
 use hsu_model::state::{self, InstanceRecord, OwnerKind};
 use hsu_model::{encode_record, NodeId};
 use hsu_store::{Consistency, KeyRange};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::node::Node;
-use crate::peer::{node_server_name, parse_addr, PeerError, METHOD_LOGS};
+use crate::peer::{node_server_name, parse_addr, LogAsk, PeerError, METHOD_LOGS};
 use crate::records::{self, NodeRecord};
-
-/// What one node is asked for: one unit's stdout or stderr.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LogAsk {
-    pub unit: String,
-    pub stderr: bool,
-    /// Lines from the end to start with (0: the whole file).
-    pub tail: u32,
-    pub follow: bool,
-}
 
 /// Lines of one instance's log.
 #[derive(Clone, Debug)]

@@ -25,8 +25,8 @@ use crate::authz::{self, Ask, Caller, Role};
 use crate::datadir::{DataDir, NodeState, Pki};
 use crate::error::NodeError;
 use crate::peer::{
-    call_peer, CaKey, HealthView, JoinGrant, JoinTicket, LastContact, PeerCallError, PeerError, PeerReply, PeerRequest,
-    QuicRaftTransport, RoleWish,
+    call_peer, CaKey, FromReply, HealthView, JoinGrant, JoinTicket, LastContact, PeerCallError, PeerError, PeerReply,
+    PeerRequest, QuicRaftTransport, RoleWish,
 };
 use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
 use crate::removal::{Departure, Removal};
@@ -391,10 +391,6 @@ impl Node {
         .map_err(|_| NodeError::Config(format!("no leader within {timeout:?}")))?;
         Ok(leader)
     }
-}
-
-fn unexpected(reply: PeerReply) -> PeerError {
-    PeerError::Internal(format!("unexpected reply from the leader: {reply:?}"))
 }
 
 fn put_if_unchanged(key: &str, revision: u64, value: Vec<u8>) -> Request {

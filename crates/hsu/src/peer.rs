@@ -23,7 +23,7 @@ pub(crate) const METHOD_APPEND: u16 = 1;
 pub(crate) const METHOD_VOTE: u16 = 2;
 pub(crate) const METHOD_SNAPSHOT: u16 = 3;
 pub(crate) const METHOD_PEER: u16 = 10;
-/// A server stream of one unit's log file (`crate::logs::LogAsk`).
+/// A server stream of one unit's log file ([`LogAsk`]).
 pub(crate) const METHOD_LOGS: u16 = 11;
 /// A server stream of the caller's own instances, for agent-only nodes
 /// (`crate::agent_node::InstancesUpdate`).
@@ -173,6 +173,65 @@ pub enum PeerReply {
     Health(HealthView),
     Reports(ReportsView),
     CaKey(CaKey),
+}
+
+/// What a node-to-node request answers, taken out of the wire's [`PeerReply`]: each request
+/// has one kind of reply, and a reply of another kind is an internal error, said here once.
+pub trait FromReply: Sized {
+    fn from_reply(reply: PeerReply) -> Result<Self, PeerError>;
+}
+
+/// The reply as it came, for callers that pass it on (a forwarded report).
+impl FromReply for PeerReply {
+    fn from_reply(reply: PeerReply) -> Result<Self, PeerError> {
+        Ok(reply)
+    }
+}
+
+impl FromReply for () {
+    fn from_reply(reply: PeerReply) -> Result<Self, PeerError> {
+        match reply {
+            PeerReply::Done => Ok(()),
+            other => Err(PeerError::Internal(format!("expected Done, the leader answered {other:?}"))),
+        }
+    }
+}
+
+macro_rules! from_reply {
+    ($($variant:ident($payload:ty)),* $(,)?) => {$(
+        impl FromReply for $payload {
+            fn from_reply(reply: PeerReply) -> Result<Self, PeerError> {
+                match reply {
+                    PeerReply::$variant(v) => Ok(v),
+                    other => Err(PeerError::Internal(format!(
+                        concat!("expected ", stringify!($variant), ", the leader answered {:?}"),
+                        other
+                    ))),
+                }
+            }
+        }
+    )*};
+}
+
+from_reply!(
+    Response(Response),
+    Range(RangeResult),
+    Ttl(u64),
+    Joined(JoinGrant),
+    Role(String),
+    Health(HealthView),
+    Reports(ReportsView),
+    CaKey(CaKey),
+);
+
+/// What one node is asked for: one unit's stdout or stderr.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogAsk {
+    pub unit: String,
+    pub stderr: bool,
+    /// Lines from the end to start with (0: the whole file).
+    pub tail: u32,
+    pub follow: bool,
 }
 
 /// The leader's reports, with their age, as a follower receives them.

@@ -67,7 +67,9 @@ impl Handler for PeerHandler {
                     // From an agent-only node, which reaches any server: passed on to the leader.
                     // (Not from inside `handle_peer`: a node that has just stopped leading may
                     // still name itself as the leader, and would pass the report to itself.)
-                    Ok(()) if matches!(req, PeerRequest::Report(_)) && !node.is_leader() => node.leader_call(req).await,
+                    Ok(()) if matches!(req, PeerRequest::Report(_)) && !node.is_leader() => {
+                        node.leader_call::<crate::peer::PeerReply>(req).await
+                    }
                     Ok(()) => node.handle_peer(req).await,
                 };
                 #[cfg(feature = "failpoints")]
@@ -96,7 +98,7 @@ impl Handler for PeerHandler {
         match method {
             METHOD_LOGS => {
                 authz::allowed(caller, &Ask::Logs)?;
-                let ask: crate::logs::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
+                let ask: crate::peer::LogAsk = decode_record(&body).map_err(|e| format!("bad log request: {e}"))?;
                 node.local_log(ask)
             }
             // Only the caller's own instances: an agent-only node sees nothing else.

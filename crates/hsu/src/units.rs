@@ -222,6 +222,6 @@ fn state_name(s: State) -> &'static str {
 impl Node {
     /// Sends this node's report to the master.
     pub async fn report(&self, report: NodeReport) -> Result<(), String> {
-        self.leader_call(PeerRequest::Report(Box::new(report))).await.map(|_| ()).map_err(|e| e.to_string())
+        self.leader_call::<()>(PeerRequest::Report(Box::new(report))).await.map_err(|e| e.to_string())
     }
 }

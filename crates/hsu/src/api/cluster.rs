@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, principal, Need, Principal};
 use crate::node::Node;
-use crate::peer::{JoinTicket, PeerReply, PeerRequest, RoleWish};
+use crate::peer::{JoinGrant, JoinTicket, PeerRequest, RoleWish};
 use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
 
 pub struct ClusterApi {
@@ -118,7 +118,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
         let id = self.node.id();
-        self.node.leader_call(PeerRequest::RemoveMember { id, revoke: false }).await?;
+        self.node.leader_call::<()>(PeerRequest::RemoveMember { id, revoke: false }).await?;
         // Answer first, then stop.
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -134,7 +134,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
         let id = req.into_inner().id;
-        self.node.leader_call(PeerRequest::RemoveMember { id, revoke: true }).await?;
+        self.node.leader_call::<()>(PeerRequest::RemoveMember { id, revoke: true }).await?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
@@ -204,16 +204,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
             api_address: r.api_address,
             agent_only: r.agent_only,
         };
-        match self.node.leader_call(PeerRequest::Join(ticket)).await? {
-            PeerReply::Joined(g) => Ok(Response::new(pb::JoinResponse {
-                node_id: g.id,
-                cert_pem: g.cert_pem,
-                ca_pem: g.ca_pem,
-                cluster_name: g.cluster_name,
-                servers: g.servers.into_iter().map(|(id, addr)| format!("{id}={addr}")).collect(),
-            })),
-            other => Err(Status::internal(format!("unexpected answer to a join: {other:?}"))),
-        }
+        let g: JoinGrant = self.node.leader_call(PeerRequest::Join(ticket)).await?;
+        Ok(Response::new(pb::JoinResponse {
+            node_id: g.id,
+            cert_pem: g.cert_pem,
+            ca_pem: g.ca_pem,
+            cluster_name: g.cluster_name,
+            servers: g.servers.into_iter().map(|(id, addr)| format!("{id}={addr}")).collect(),
+        }))
     }
 
     type AddMemberStream = ProgressStream;
@@ -239,7 +237,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         tokio::spawn(async move {
             let step = |s: &str| pb::AddMemberProgress { step: s.into(), ..Default::default() };
             let _ = tx.send(Ok(step(&format!("asking the leader to add node {id} ({role:?})")))).await;
-            let call = node.leader_call(PeerRequest::AddMember { id, role, target_voters });
+            let call = node.leader_call::<String>(PeerRequest::AddMember { id, role, target_voters });
             tokio::pin!(call);
             let period = Duration::from_millis(500);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -258,10 +256,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 }
             };
             let msg = match result {
-                Ok(PeerReply::Role(role)) => {
-                    Ok(pb::AddMemberProgress { step: format!("added as {role}"), role, ..Default::default() })
-                }
-                Ok(other) => Err(Status::internal(format!("unexpected answer: {other:?}"))),
+                Ok(role) => Ok(pb::AddMemberProgress { step: format!("added as {role}"), role, ..Default::default() }),
                 Err(e) => Err(e.into()),
             };
             let _ = tx.send(msg).await;

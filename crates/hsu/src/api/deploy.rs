@@ -149,7 +149,7 @@ impl pb::deployments_server::Deployments for DeploymentsApi {
         if r.deployment.is_empty() == r.instance.is_empty() {
             return Err(Status::invalid_argument("name either a deployment or an instance"));
         }
-        let ask = crate::logs::LogAsk { unit: String::new(), stderr: r.stderr, tail: r.tail, follow: r.follow };
+        let ask = crate::peer::LogAsk { unit: String::new(), stderr: r.stderr, tail: r.tail, follow: r.follow };
         let instance = (!r.instance.is_empty()).then_some(r.instance.as_str());
         let lines = self.node.logs(namespace_or_default(&r.namespace), &r.deployment, instance, ask).await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(lines)

@@ -23,10 +23,7 @@ impl Node {
     /// Leader, term, commit index and members with their health.
     pub async fn status(&self) -> Result<ClusterStatus, PeerError> {
         let status = self.store().status();
-        let health = match self.leader_call(PeerRequest::Health).await {
-            Ok(PeerReply::Health(h)) => h,
-            _ => HealthView::default(),
-        };
+        let health: HealthView = self.leader_call(PeerRequest::Health).await.unwrap_or_default();
         let nodes: BTreeMap<NodeId, NodeRecord> =
             self.list_local::<NodeRecord>(records::NODES)?.into_iter().map(|n| (n.id, n)).collect();
         let membership = &status.members;

@@ -8,9 +8,15 @@ use super::*;
 impl Node {
     // ----- forwarding to the leader -----
 
+    /// Runs `req` on the leader and returns its reply as the request's own reply type `R`
+    /// (`PeerReply` itself to pass it on as it came).
+    pub async fn leader_call<R: FromReply>(&self, req: PeerRequest) -> Result<R, PeerError> {
+        R::from_reply(Box::pin(self.leader_reply(req)).await?)
+    }
+
     /// Runs `req` on the leader: here when this node leads, else over QUIC. Retries while there
     /// is no leader or the leader moved, until the request timeout.
-    pub async fn leader_call(&self, mut req: PeerRequest) -> Result<PeerReply, PeerError> {
+    async fn leader_reply(&self, mut req: PeerRequest) -> Result<PeerReply, PeerError> {
         // What the leader would refuse from this node is refused here, saying where to go.
         if let Err(refusal) = authz::allowed(Caller { id: self.id(), role: self.own_role() }, &Ask::Peer(&req)) {
             return Err(PeerError::WrongNode(format!("{refusal}; {}", self.voter_hint())));
@@ -191,27 +197,18 @@ impl Node {
     /// Runs a write on the leader as request `id` of a client's own session (a gRPC client
     /// that numbers its writes, so that it can send one again after a timeout).
     pub async fn propose_as(&self, req: Request, id: RequestId) -> Result<Response, PeerError> {
-        match self.leader_call(PeerRequest::Propose { req, id: Some(id) }).await? {
-            PeerReply::Response(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+        self.leader_call(PeerRequest::Propose { req, id: Some(id) }).await
     }
 
     pub async fn range(&self, range: KeyRange, limit: u64, consistency: Consistency) -> Result<RangeResult, PeerError> {
         match consistency {
             Consistency::Local => Ok(self.store().range_local(&range, limit)),
-            Consistency::Linearizable => match self.leader_call(PeerRequest::Range { range, limit }).await? {
-                PeerReply::Range(r) => Ok(r),
-                other => Err(unexpected(other)),
-            },
+            Consistency::Linearizable => self.leader_call(PeerRequest::Range { range, limit }).await,
         }
     }
 
     pub async fn keep_alive(&self, id: LeaseId) -> Result<u64, PeerError> {
-        match self.leader_call(PeerRequest::KeepAlive(id)).await? {
-            PeerReply::Ttl(ms) => Ok(ms),
-            other => Err(unexpected(other)),
-        }
+        self.leader_call(PeerRequest::KeepAlive(id)).await
     }
 
     pub(super) async fn get_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PeerError> {

@@ -58,7 +58,7 @@ impl Node {
             match self.propose(put_if_unchanged(key, kv.mod_revision, records::encode(&record)?)).await? {
                 Response::Txn(t) if t.succeeded => return Ok(()),
                 Response::Txn(_) => continue,
-                other => return Err(unexpected(PeerReply::Response(other))),
+                other => return Err(PeerError::Internal(format!("a transaction was answered {other:?}"))),
             }
         }
         Err(Error::Unavailable(format!("{what} kept changing while it was being updated; try again")).into())

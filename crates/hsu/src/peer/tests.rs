@@ -30,7 +30,7 @@ fn decode_all(bytes: &[u8]) {
     let _ = decode_record::<PeerRequest>(bytes);
     let _ = decode_record::<Result<PeerReply, PeerError>>(bytes);
     let _ = decode_record::<crate::agent_node::InstancesUpdate>(bytes);
-    let _ = decode_record::<crate::logs::LogAsk>(bytes);
+    let _ = decode_record::<crate::peer::LogAsk>(bytes);
 }
 
 proptest! {

@@ -148,7 +148,7 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
     assert!(learner_watch.is_err_and(|e| e.contains("is a learner")), "a learner opened an instance stream");
     quic.shutdown().await;
     let agent_quic = quic_client(&c.admin_conf.ca, Some(&agent_cert), DEFAULT_MAX_FRAME);
-    let ask = hsu::logs::LogAsk { unit: "x".into(), tail: 10, follow: false, stderr: false };
+    let ask = hsu::peer::LogAsk { unit: "x".into(), tail: 10, follow: false, stderr: false };
     let logs = open_stream(&agent_quic, &c, METHOD_LOGS, &hsu_model::encode_record(&ask).unwrap()).await;
     assert!(logs.is_err_and(|e| e.contains("agent-only node")), "an agent-only node asked for logs");
 
