@@ -9,6 +9,7 @@
 //! its own between steps (level-triggered), so a new master picks up any rollout exactly where
 //! the old one left it.
 
+pub mod apply;
 pub mod controller;
 mod error;
 pub mod jobs;

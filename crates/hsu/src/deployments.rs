@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use hsu_control::{jobs, rollout};
+use hsu_control::{apply, rollout};
 use hsu_model::deploy::{parse_documents, Object, Source};
 use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
 use hsu_model::NodeId;
 use hsu_store::record::unchanged;
-use hsu_store::{Consistency, KeyRange, KeyValue, Op, Request, Txn};
+use hsu_store::{Consistency, KeyRange, KeyValue, Op, Request, Txn, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -17,16 +17,7 @@ use crate::node::Node;
 use crate::peer::{PeerError, PeerRequest, ReportsView};
 use crate::records;
 
-/// One applied object and what happened to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AppliedObject {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// created, configured or unchanged.
-    pub result: &'static str,
-    pub revision: u64,
-}
+pub use hsu_control::apply::AppliedObject;
 
 /// A deployment with counts of its instances.
 #[derive(Clone, Debug, Serialize)]
@@ -98,73 +89,34 @@ impl Node {
         let sources: Vec<Source<'_>> = files.iter().map(|(f, t)| Source { file: f, text: t }).collect();
         let docs = parse_documents(&sources).map_err(|e| PeerError::Invalid(e.0))?;
         for _attempt in 0..10 {
-            let now = records::now_ms();
-            let mut txn = Txn::default();
-            let mut applied = Vec::new();
+            let mut existing = apply::Existing::default();
             for doc in &docs {
-                let d = match &doc.object {
-                    Object::Deployment(d) => d,
+                let (key, ns, name) = match &doc.object {
+                    Object::Deployment(d) => {
+                        let (ns, name) = (&d.metadata.namespace, &d.metadata.name);
+                        (state::deployment_key(ns.as_str(), name.as_str()), ns.as_str(), name.as_str())
+                    }
                     Object::Job(j) => {
-                        let (ns, name) = (j.metadata.namespace.as_str(), j.metadata.name.as_str());
-                        let key = state::job_key(ns, name);
-                        let existing: Option<(KeyValue, JobRecord)> = self.record_at(&key).await?;
-                        txn.compare
-                            .push(unchanged(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
-                        let next = jobs::apply(existing.as_ref().map(|(_, r)| r), j, &new_uid(), now);
-                        let result = match (&existing, &next) {
-                            (None, _) => "created",
-                            (Some(_), None) => "unchanged",
-                            (Some(_), Some(_)) => "configured",
-                        };
-                        let run = next
-                            .as_ref()
-                            .or(existing.as_ref().map(|(_, r)| r))
-                            .and_then(|r| r.runs.last())
-                            .map_or(0, |r| r.id);
-                        if let Some(rec) = next {
-                            txn.success.push(put(key, &rec)?);
+                        let key = state::job_key(j.metadata.namespace.as_str(), j.metadata.name.as_str());
+                        if let Some((kv, rec)) = self.record_at::<JobRecord>(&key).await? {
+                            existing
+                                .jobs
+                                .insert(key, Versioned { key: kv.key, mod_revision: kv.mod_revision, value: rec });
                         }
-                        applied.push(AppliedObject {
-                            kind: "Job".into(),
-                            namespace: ns.into(),
-                            name: name.into(),
-                            result,
-                            revision: run,
-                        });
                         continue;
                     }
                 };
-                let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
-                let key = state::deployment_key(ns, name);
-                let existing: Option<(KeyValue, DeploymentRecord)> = self.record_at(&key).await?;
+                if let Some((kv, rec)) = self.record_at::<DeploymentRecord>(&key).await? {
+                    existing
+                        .deployments
+                        .insert(key, Versioned { key: kv.key, mod_revision: kv.mod_revision, value: rec });
+                }
                 let revisions: Vec<(KeyValue, RevisionRecord)> =
                     self.list_records(&state::revisions_prefix(ns, name)).await?;
-                let revs: Vec<RevisionRecord> = revisions.iter().map(|(_, r)| r.clone()).collect();
-                let a = rollout::apply(existing.as_ref().map(|(_, r)| r), &revs, d, &new_uid(), now);
-                txn.compare.push(unchanged(key.as_bytes(), existing.as_ref().map_or(0, |(kv, _)| kv.mod_revision)));
-                let result = match (&existing, a.unchanged) {
-                    (None, _) => "created",
-                    (Some(_), true) => "unchanged",
-                    (Some(_), false) => "configured",
-                };
-                if !a.unchanged {
-                    txn.success.push(put(key.clone(), &a.record)?);
-                }
-                if let Some(r) = &a.new_revision {
-                    txn.success.push(put(state::revision_key(ns, name, r.number), r)?);
-                }
-                for n in &a.prune {
-                    txn.success
-                        .push(Op::Delete { range: KeyRange::Key(state::revision_key(ns, name, *n).into_bytes()) });
-                }
-                applied.push(AppliedObject {
-                    kind: "Deployment".into(),
-                    namespace: ns.into(),
-                    name: name.into(),
-                    result,
-                    revision: a.record.revision,
-                });
+                existing.revisions.insert(format!("{ns}/{name}"), revisions.into_iter().map(|(_, r)| r).collect());
             }
+            let (txn, applied) = apply::plan(&docs, &existing, records::now_ms(), &mut new_uid)
+                .map_err(|e| PeerError::Internal(e.to_string()))?;
             if dry_run || txn.success.is_empty() {
                 return Ok(applied);
             }
