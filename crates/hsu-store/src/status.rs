@@ -62,6 +62,14 @@ impl Members {
         self.nodes.iter().map(|(id, m)| (*id, m))
     }
 
+    pub(crate) fn of(m: &openraft::RaftMetrics<NodeId, Member>) -> Self {
+        let membership = m.membership_config.membership();
+        Members {
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
+    }
+
     /// The voters other than `me`, with their addresses.
     pub fn other_voters(&self, me: NodeId) -> Vec<(NodeId, Member)> {
         self.nodes().filter(|(id, _)| *id != me && self.is_voter(*id)).map(|(id, m)| (id, m.clone())).collect()
@@ -96,8 +104,7 @@ impl RaftStatus {
         self.leader.and_then(|l| self.members.get(l).map(|m| (l, m.clone())))
     }
 
-    fn of(m: &openraft::RaftMetrics<NodeId, Member>) -> Self {
-        let membership = m.membership_config.membership();
+    pub(crate) fn of(m: &openraft::RaftMetrics<NodeId, Member>) -> Self {
         RaftStatus {
             id: m.id,
             role: match m.state {
@@ -109,10 +116,7 @@ impl RaftStatus {
             },
             term: m.current_term,
             leader: m.current_leader,
-            members: Members {
-                voters: membership.voter_ids().collect(),
-                nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-            },
+            members: Members::of(m),
             membership_index: m.membership_config.log_id().map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),

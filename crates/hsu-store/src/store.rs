@@ -18,7 +18,7 @@ use crate::error::{Error, OpenError};
 use crate::lease::{leader_term, SharedLeaseClock};
 use crate::network::{Network, RaftTransport, RpcKind};
 use crate::read_index::ReadBatcher;
-use crate::status::{RaftStatus, StatusWatch};
+use crate::status::{Members, RaftStatus, StatusWatch};
 use crate::storage::log::LogStore;
 use crate::storage::sm::{SmShared, StateMachine};
 use crate::storage::Disk;
@@ -175,6 +175,17 @@ impl Store {
     /// This member's view of its group now: role, term, leader, membership.
     pub fn status(&self) -> RaftStatus {
         self.status_watch().current()
+    }
+
+    /// This member's view of the membership alone: what the checks on every request need,
+    /// without the rest of [`Store::status`].
+    pub fn members(&self) -> Members {
+        Members::of(&self.inner.raft.metrics().borrow())
+    }
+
+    /// Whether this member is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == openraft::ServerState::Leader
     }
 
     /// A watch of this member's view of its group.

@@ -61,7 +61,7 @@ impl Node {
                 let r = node.store().range_local(&KeyRange::Prefix(prefix.clone().into_bytes()), 0);
                 let instances = r.kvs.iter().filter_map(|kv| decode_record::<InstanceRecord>(&kv.value).ok()).collect();
                 let servers = {
-                    let members = node.store().status().members;
+                    let members = node.store().members();
                     crate::node::voters_first(members.nodes().map(|(id, n)| (id, n.addr.clone())), |id| {
                         members.is_voter(id)
                     })

@@ -54,6 +54,11 @@ fn put<T: Serialize>(key: String, value: &T) -> Result<Op, crate::records::Recor
     Ok(hsu_store::record::put(key, records::encode(value)?))
 }
 
+/// A record as read, in the form the planners take.
+fn versioned<T>((kv, value): (KeyValue, T)) -> Versioned<T> {
+    Versioned { key: kv.key, mod_revision: kv.mod_revision, value }
+}
+
 impl Node {
     async fn list_records<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(KeyValue, T)>, PeerError> {
         let r = self.range(KeyRange::Prefix(prefix.as_bytes().to_vec()), 0, Consistency::Linearizable).await?;
@@ -91,29 +96,26 @@ impl Node {
         for _attempt in 0..10 {
             let mut existing = apply::Existing::default();
             for doc in &docs {
-                let (key, ns, name) = match &doc.object {
-                    Object::Deployment(d) => {
-                        let (ns, name) = (&d.metadata.namespace, &d.metadata.name);
-                        (state::deployment_key(ns.as_str(), name.as_str()), ns.as_str(), name.as_str())
-                    }
+                match &doc.object {
                     Object::Job(j) => {
                         let key = state::job_key(j.metadata.namespace.as_str(), j.metadata.name.as_str());
-                        if let Some((kv, rec)) = self.record_at::<JobRecord>(&key).await? {
-                            existing
-                                .jobs
-                                .insert(key, Versioned { key: kv.key, mod_revision: kv.mod_revision, value: rec });
+                        if let Some(v) = self.record_at::<JobRecord>(&key).await?.map(versioned) {
+                            existing.jobs.insert(key, v);
                         }
-                        continue;
                     }
-                };
-                if let Some((kv, rec)) = self.record_at::<DeploymentRecord>(&key).await? {
-                    existing
-                        .deployments
-                        .insert(key, Versioned { key: kv.key, mod_revision: kv.mod_revision, value: rec });
+                    Object::Deployment(d) => {
+                        let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
+                        let key = state::deployment_key(ns, name);
+                        if let Some(v) = self.record_at::<DeploymentRecord>(&key).await?.map(versioned) {
+                            existing.deployments.insert(key, v);
+                        }
+                        let revisions: Vec<(KeyValue, RevisionRecord)> =
+                            self.list_records(&state::revisions_prefix(ns, name)).await?;
+                        existing
+                            .revisions
+                            .insert(format!("{ns}/{name}"), revisions.into_iter().map(|(_, r)| r).collect());
+                    }
                 }
-                let revisions: Vec<(KeyValue, RevisionRecord)> =
-                    self.list_records(&state::revisions_prefix(ns, name)).await?;
-                existing.revisions.insert(format!("{ns}/{name}"), revisions.into_iter().map(|(_, r)| r).collect());
             }
             let (txn, applied) = apply::plan(&docs, &existing, records::now_ms(), &mut new_uid)
                 .map_err(|e| PeerError::Internal(e.to_string()))?;

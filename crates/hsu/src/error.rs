@@ -50,15 +50,18 @@ pub fn status_of(e: StoreError) -> tonic::Status {
         StoreError::Fatal(_) => Code::Internal,
     };
     let outcome = if e.is_indeterminate() { "unknown" } else { "not-applied" };
-    let mut status = tonic::Status::new(code, e.to_string());
+    with_outcome(tonic::Status::new(code, e.to_string()), outcome)
+}
+
+/// `status` with [`OUTCOME_KEY`] set to `outcome`.
+fn with_outcome(mut status: tonic::Status, outcome: &'static str) -> tonic::Status {
     status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static(outcome));
     status
 }
 
 /// A failure whose effect nobody can vouch for.
-fn unknown(mut status: tonic::Status) -> tonic::Status {
-    status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static("unknown"));
-    status
+fn unknown(status: tonic::Status) -> tonic::Status {
+    with_outcome(status, "unknown")
 }
 
 impl From<crate::records::RecordError> for tonic::Status {
@@ -68,9 +71,8 @@ impl From<crate::records::RecordError> for tonic::Status {
 }
 
 /// A refusal before anything reached the store: certainly not applied.
-pub(crate) fn refused(mut status: tonic::Status) -> tonic::Status {
-    status.metadata_mut().insert(OUTCOME_KEY, tonic::metadata::MetadataValue::from_static("not-applied"));
-    status
+pub(crate) fn refused(status: tonic::Status) -> tonic::Status {
+    with_outcome(status, "not-applied")
 }
 
 impl From<NodeError> for tonic::Status {

@@ -222,11 +222,6 @@ impl Node {
         tokio::spawn(self.clone().notice_removal());
     }
 
-    /// The nodes' last reports, shared with the controllers.
-    pub(crate) fn shared_reports(&self) -> Arc<hsu_control::controller::Reports> {
-        self.inner.reports.clone()
-    }
-
     /// Why this node stopped being part of the cluster, once it did.
     pub fn departure(&self) -> Option<Departure> {
         self.inner.removal.get()
@@ -246,7 +241,7 @@ impl Node {
         if kv.and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok()).is_some_and(|r| r.agent_only) {
             return Role::Agent;
         }
-        let members = self.store().status().members;
+        let members = self.store().members();
         if members.is_voter(id) {
             Role::Voter
         } else if members.contains(id) {
@@ -291,7 +286,7 @@ impl Node {
     }
 
     /// The nodes' last reports (filled while this node leads).
-    pub fn reports(&self) -> &hsu_control::controller::Reports {
+    pub fn reports(&self) -> &Arc<hsu_control::controller::Reports> {
         &self.inner.reports
     }
 
@@ -336,7 +331,7 @@ impl Node {
         // A node marked removed may still finish leaving: its record is marked before the
         // membership change (a leader that removes itself cannot write afterwards), and until that
         // change commits it may have to forward its own removal to a new leader.
-        let in_membership = store.status().members.contains(id);
+        let in_membership = store.members().contains(id);
         if record.removed && !in_membership {
             return Err(format!("node {id} was removed from the cluster"));
         }

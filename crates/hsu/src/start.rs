@@ -24,7 +24,7 @@ impl Node {
         crate::api::spawn(node.clone(), wiring.ca_der, wiring.is_revoked)?;
         let config = ControllerConfig { node_grace: tuning.node_grace, ..Default::default() };
         let stopping = node.clone();
-        tokio::spawn(controller::run(node.store().clone(), node.shared_reports(), config, async move {
+        tokio::spawn(controller::run(node.store().clone(), node.reports().clone(), config, async move {
             stopping.stopped().await
         }));
         let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };

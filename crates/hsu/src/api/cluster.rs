@@ -72,7 +72,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.node, &req, Need::Read)?;
-        let membership = self.node.store().status().members;
+        let membership = self.node.store().members();
         let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(Status::from)?;
         // Health and resources come from the leader's memory; without a leader, none are known.
         let reports = tokio::time::timeout(Duration::from_secs(1), self.node.reports_view())

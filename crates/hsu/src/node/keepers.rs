@@ -27,7 +27,7 @@ impl Node {
         if let Some(key) = self.ca_key_local() {
             return Ok(key);
         }
-        let voters = self.store().status().members.other_voters(self.id());
+        let voters = self.store().members().other_voters(self.id());
         let mut last = format!("node {} knows no other voter to ask", self.id());
         for (id, member) in voters {
             let timeout = self.inner.tuning.request_timeout;
@@ -81,7 +81,7 @@ impl Node {
 
     /// Where to send what a learner may not forward: the voters' API addresses.
     pub(super) fn voter_hint(&self) -> String {
-        let voters: Vec<NodeId> = self.store().status().members.voter_ids().collect();
+        let voters: Vec<NodeId> = self.store().members().voter_ids().collect();
         let nodes = self.list_local::<NodeRecord>(records::NODES).unwrap_or_default();
         let apis: Vec<String> = nodes
             .iter()

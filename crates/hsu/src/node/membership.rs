@@ -57,7 +57,7 @@ impl Node {
             if self.store().txn(txn).await?.succeeded {
                 tracing::info!(node = id, name = %ticket.name, agent_only = ticket.agent_only, "node enrolled");
                 let servers = {
-                    let members = self.store().status().members;
+                    let members = self.store().members();
                     voters_first(members.nodes().map(|(id, n)| (id, n.addr.clone())), |id| members.is_voter(id))
                 };
                 return Ok(JoinGrant {
@@ -80,7 +80,7 @@ impl Node {
     ) -> Result<String, PeerError> {
         self.must_lead()?;
         let record: Option<NodeRecord> = self.get_record(&records::node_key(id)).await?;
-        let members = self.store().status().members;
+        let members = self.store().members();
         let voter = match admission::place_member(id, record.as_ref(), &members, wish, target_voters)? {
             admission::Placement::AlreadyVoter => return Ok("voter".into()),
             admission::Placement::AddVoter => true,
@@ -100,7 +100,7 @@ impl Node {
 
     pub(super) async fn remove_member_as_leader(&self, id: NodeId, revoke: bool) -> Result<(), PeerError> {
         self.must_lead()?;
-        let in_membership = self.store().status().members.contains(id);
+        let in_membership = self.store().members().contains(id);
         if !in_membership && self.get_record::<NodeRecord>(&records::node_key(id)).await?.is_none() {
             return Err(PeerError::NotFound(format!("node {id}")));
         }
@@ -136,7 +136,7 @@ impl Node {
         self.must_lead()?;
         let record: NodeRecord =
             self.get_record(&records::node_key(id)).await?.ok_or_else(|| PeerError::NotFound(format!("node {id}")))?;
-        let in_membership = self.store().status().members.contains(id);
+        let in_membership = self.store().members().contains(id);
         if in_membership {
             let _one_at_a_time = self.inner.membership.lock().await;
             let timeout = self.inner.tuning.request_timeout;

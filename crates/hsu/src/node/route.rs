@@ -171,16 +171,14 @@ impl Node {
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.must_lead().is_ok()
+        self.store().is_leader()
     }
 
     pub(super) fn must_lead(&self) -> Result<(), PeerError> {
-        let status = self.store().status();
-        if status.is_leader() {
-            Ok(())
-        } else {
-            Err(Error::NotLeader { leader: status.leader_member() }.into())
+        if self.store().is_leader() {
+            return Ok(());
         }
+        Err(Error::NotLeader { leader: self.store().status().leader_member() }.into())
     }
 
     // ----- the KV API, routed -----
