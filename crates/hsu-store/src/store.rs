@@ -137,6 +137,9 @@ impl Store {
         let raft_config = config.raft_config()?;
         let disk = Disk::open(&config.data_dir, config.fsync)?;
         let log = LogStore::open(&disk)?;
+        if let Some(term) = log.step_down_if_leader(config.id)? {
+            tracing::info!(node = config.id, term, "led term {term} before the restart; starting as a follower");
+        }
         let sm = SmShared::open(&disk, config.history_revisions)?;
         drop(disk);
         let raft = Raft::new(config.id, raft_config, Network::new(transport), log, StateMachine { shared: sm.clone() })

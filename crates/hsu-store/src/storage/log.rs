@@ -113,6 +113,26 @@ impl LogStore {
         Ok(LogStore { disk: disk.clone(), log, raft, flusher })
     }
 
+    /// Turns a saved vote that made this member the leader back into an uncommitted vote for
+    /// itself, so that it restarts as a follower and leads again only by winning a new term.
+    /// openraft would otherwise restore it as leader of its old term at once, and answer
+    /// linearizable reads as soon as it had applied its saved commit index and the first entry it
+    /// proposed in that term. Neither is flushed on its own, so after a power cut both can be
+    /// behind entries that were committed and acknowledged: the read would return an older value.
+    /// A leader of a new term commits a blank entry first and so knows everything committed.
+    /// Returns the term it stepped down from.
+    pub(crate) fn step_down_if_leader(&self, id: NodeId) -> Result<Option<u64>, OpenError> {
+        let vote: Option<Vote<NodeId>> = self
+            .get_meta(VOTE)
+            .map_err(|e| OpenError::Engine { path: Default::default(), detail: format!("reading the vote: {e}") })?;
+        let Some(vote) = vote.filter(|v| v.committed && v.leader_id.voted_for() == Some(id)) else { return Ok(None) };
+        let engine = |detail: String| OpenError::Engine { path: Default::default(), detail };
+        self.put_meta(VOTE, &Vote { committed: false, ..vote })
+            .map_err(|e| engine(format!("writing the vote: {e}")))?;
+        self.disk.flush_blocking().map_err(|e| engine(format!("flushing the vote: {e}")))?;
+        Ok(Some(vote.leader_id.term))
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
         let Some(bytes) = self.raft.get(key).map_err(|e| StorageIOError::read(&e))? else { return Ok(None) };
         decode_record(&bytes).map(Some).map_err(|e| StorageIOError::read(&e).into())
@@ -186,7 +206,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> StorageResult<()> {
-        // Not flushed: openraft only uses it to re-apply sooner after a restart.
+        // Not flushed: after a restart openraft re-applies up to it at once, and the rest of what
+        // was committed is learnt from the leader of a new term (see `step_down_if_leader`).
         self.put_meta(COMMITTED, &committed)
     }
 

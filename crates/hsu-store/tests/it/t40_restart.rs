@@ -54,3 +54,54 @@ async fn a_whole_cluster_restarts_with_the_same_state() {
     assert_eq!(c.converged().await.1.len(), 26);
     c.shutdown().await;
 }
+
+/// What a power cut can leave behind: every member's log holds an entry that was committed and
+/// acknowledged (appends are flushed before they are acknowledged), while the saved commit index
+/// and the state machine are from before it (they are written without a flush of their own).
+/// The leader then restarts from its own vote. It must not answer a linearizable read from that
+/// older state: it learns what was committed by winning a new term and committing an entry of
+/// that term first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restored_from_its_vote_reads_every_acknowledged_write() {
+    use hsu_store::{Consistency, Op, Proposal, Request, Txn, TypeConfig};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    let mut c = Cluster::start(3).await;
+    c.put("k", "before").await;
+    c.converged().await;
+    let leader = c.wait_leader().await;
+    let term = c.store(leader).status().term;
+    for id in 1..=3 {
+        c.crash(id).await;
+    }
+
+    // The acknowledged write, appended by hand to every member's log, in the leader's term.
+    let put = Request::Txn(Txn {
+        success: vec![Op::Put { key: b"k".to_vec(), value: b"acknowledged".to_vec(), lease: 0 }],
+        ..Txn::default()
+    });
+    for id in 1..=3 {
+        let db = crate::t90_corruption::raw(&c.data_dir(id)).await;
+        let log = db.open_tree("log").unwrap();
+        let (_, last) = log.last().unwrap().expect("a log");
+        let last: Entry<TypeConfig> = hsu_model::decode_record(&last).unwrap();
+        assert_eq!(last.log_id.leader_id, CommittedLeaderId::new(term, leader), "node {id}'s last entry");
+        let index = last.log_id.index + 1;
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+            payload: EntryPayload::Normal(Proposal { req: put.clone(), id: None, at_ms: 0 }),
+        };
+        log.insert(index.to_be_bytes(), hsu_model::encode_record(&entry).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+
+    for id in [leader].into_iter().chain((1..=3).filter(|id| *id != leader)) {
+        c.launch(id).await;
+    }
+    let value =
+        c.on_leader(|s| async move { s.get("k", Consistency::Linearizable).await }).await.expect("the key exists");
+    assert_eq!(value.value, b"acknowledged", "a linearizable read returned a value older than an acknowledged write");
+    let now = c.store(c.wait_leader().await).status().term;
+    assert!(now > term, "the leader of term {term} went on leading it after a restart (term now {now})");
+    c.shutdown().await;
+}

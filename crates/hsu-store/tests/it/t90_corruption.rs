@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, DEADLINE};
 
 /// Opens the raw sled database of a stopped member, waiting for its last handles to go.
-async fn raw(dir: &Path) -> sled::Db {
+pub async fn raw(dir: &Path) -> sled::Db {
     let started = Instant::now();
     loop {
         match sled::open(dir.join("sled")) {
