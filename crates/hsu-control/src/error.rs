@@ -8,6 +8,9 @@ pub enum Error {
     /// `undo` to a revision that is not kept, or to the one that runs already.
     #[error("{0}")]
     Undo(String),
+    /// A rollout action that does not exist, or takes no revision.
+    #[error("{0}")]
+    Action(String),
     /// A job run's dispatch parameter is not a valid environment variable name.
     #[error("dispatch parameter {name:?}: {why}")]
     Parameter { name: String, why: String },
@@ -19,4 +22,11 @@ pub enum Error {
     Encode { what: &'static str, source: CodecError },
     #[error(transparent)]
     Store(#[from] hsu_store::Error),
+}
+
+impl Error {
+    /// A request the controllers refuse: the caller's to fix, not worth retrying as it is.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Undo(_) | Error::Action(_) | Error::Parameter { .. })
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Every decision is a pure function over cluster state ([`scheduler::place`],
 //! [`rollout::step`], [`rollout::apply`], [`rollout::undo`], [`jobs::step`], and
-//! [`plan::plan`], which turns them into the store writes of one pass), tested on plain values.
+//! [`plan::plan`], which turns them into the store writes of one pass; [`apply::plan`] and
+//! [`edit`] plan the writes of the API's requests), tested on plain values.
 //! The loop in [`controller`] reads the state from the store and the nodes' reports from memory,
 //! plans, and commits the writes as compare-and-swap transactions. It keeps nothing of
 //! its own between steps (level-triggered), so a new master picks up any rollout exactly where
@@ -11,6 +12,7 @@
 
 pub mod apply;
 pub mod controller;
+pub mod edit;
 mod error;
 pub mod jobs;
 pub mod plan;

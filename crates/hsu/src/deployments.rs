@@ -1,15 +1,16 @@
 //! Deployments as the API serves them: apply (all documents in one transaction), views of
 //! deployments and instances (store records joined with the nodes' reports, which the master
-//! keeps in memory), delete, and rollout undo/pause/resume. The decisions are hsu-control's.
+//! keeps in memory), delete, rollout undo/pause/resume and job dispatch. Every write is planned
+//! by hsu-control (`apply::plan`, `edit`); this reads what they need and commits the result.
 
 use std::collections::BTreeMap;
 
-use hsu_control::{apply, rollout};
-use hsu_model::deploy::{parse_documents, Object, Source};
+use hsu_control::apply;
+use hsu_control::edit::{self, RolloutAction};
+use hsu_model::deploy::{parse_documents, Document, Object, Source};
 use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
 use hsu_model::NodeId;
-use hsu_store::record::unchanged;
-use hsu_store::{Consistency, KeyRange, KeyValue, Op, Request, Txn, Versioned};
+use hsu_store::{Consistency, KeyRange, KeyValue, Request, Txn, Versioned};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -46,14 +47,6 @@ fn new_uid() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn txn_succeeded(r: hsu_store::Response) -> bool {
-    matches!(r, hsu_store::Response::Txn(t) if t.succeeded)
-}
-
-fn put<T: Serialize>(key: String, value: &T) -> Result<Op, crate::records::RecordError> {
-    Ok(hsu_store::record::put(key, records::encode(value)?))
-}
-
 /// A record as read, in the form the planners take.
 fn versioned<T>((kv, value): (KeyValue, T)) -> Versioned<T> {
     Versioned { key: kv.key, mod_revision: kv.mod_revision, value }
@@ -85,7 +78,8 @@ impl Node {
     }
 
     /// Applies every document of `files` in one transaction; retried when another writer got
-    /// there first (the controller updating a status, say).
+    /// there first (the controller updating a status, say). A dry run plans once and writes
+    /// nothing.
     pub async fn apply_documents(
         &self,
         files: &[(String, String)],
@@ -93,42 +87,34 @@ impl Node {
     ) -> Result<Vec<AppliedObject>, PeerError> {
         let sources: Vec<Source<'_>> = files.iter().map(|(f, t)| Source { file: f, text: t }).collect();
         let docs = parse_documents(&sources).map_err(|e| PeerError::Invalid(e.0))?;
-        for _attempt in 0..10 {
-            let mut existing = apply::Existing::default();
-            for doc in &docs {
-                match &doc.object {
-                    Object::Job(j) => {
-                        let key = state::job_key(j.metadata.namespace.as_str(), j.metadata.name.as_str());
-                        if let Some(v) = self.record_at::<JobRecord>(&key).await?.map(versioned) {
-                            existing.jobs.insert(key, v);
-                        }
-                    }
-                    Object::Deployment(d) => {
-                        let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
-                        let key = state::deployment_key(ns, name);
-                        if let Some(v) = self.record_at::<DeploymentRecord>(&key).await?.map(versioned) {
-                            existing.deployments.insert(key, v);
-                        }
-                        let revisions: Vec<(KeyValue, RevisionRecord)> =
-                            self.list_records(&state::revisions_prefix(ns, name)).await?;
-                        existing
-                            .revisions
-                            .insert(format!("{ns}/{name}"), revisions.into_iter().map(|(_, r)| r).collect());
+        if dry_run {
+            return Ok(self.plan_documents(&docs).await?.1);
+        }
+        self.edit("deployments", || self.plan_documents(&docs)).await
+    }
+
+    /// Reads the records `docs` touch and plans the transaction that applies them.
+    async fn plan_documents(&self, docs: &[Document]) -> Result<(Txn, Vec<AppliedObject>), PeerError> {
+        let mut existing = apply::Existing::default();
+        for doc in docs {
+            match &doc.object {
+                Object::Job(j) => {
+                    let key = state::job_key(j.metadata.namespace.as_str(), j.metadata.name.as_str());
+                    if let Some(v) = self.record_at::<JobRecord>(&key).await?.map(versioned) {
+                        existing.jobs.insert(key, v);
                     }
                 }
-            }
-            let (txn, applied) = apply::plan(&docs, &existing, records::now_ms(), &mut new_uid)
-                .map_err(|e| PeerError::Internal(e.to_string()))?;
-            if dry_run || txn.success.is_empty() {
-                return Ok(applied);
-            }
-            match self.propose(Request::Txn(txn)).await? {
-                hsu_store::Response::Txn(r) if r.succeeded => return Ok(applied),
-                hsu_store::Response::Txn(_) => continue,
-                other => return Err(PeerError::Internal(format!("unexpected reply {other:?}"))),
+                Object::Deployment(d) => {
+                    let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
+                    let key = state::deployment_key(ns, name);
+                    if let Some(v) = self.record_at::<DeploymentRecord>(&key).await?.map(versioned) {
+                        existing.deployments.insert(key, v);
+                    }
+                    existing.revisions.insert(format!("{ns}/{name}"), self.revisions(ns, name).await?);
+                }
             }
         }
-        Err(hsu_store::Error::Unavailable("the deployments kept changing while applying; try again".into()).into())
+        Ok(apply::plan(docs, &existing, records::now_ms(), &mut new_uid)?)
     }
 
     /// The master's reports (asked of the leader when this node does not lead).
@@ -213,9 +199,16 @@ impl Node {
         Ok(out)
     }
 
-    async fn deployment(&self, namespace: &str, name: &str) -> Result<(KeyValue, DeploymentRecord), PeerError> {
+    async fn deployment(&self, namespace: &str, name: &str) -> Result<Versioned<DeploymentRecord>, PeerError> {
         let key = state::deployment_key(namespace, name);
-        self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
+        let found = self.record_at(&key).await?.map(versioned);
+        found.ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
+    }
+
+    async fn job(&self, namespace: &str, name: &str) -> Result<Versioned<JobRecord>, PeerError> {
+        let key = state::job_key(namespace, name);
+        let found = self.record_at(&key).await?.map(versioned);
+        found.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))
     }
 
     pub async fn revisions(&self, namespace: &str, name: &str) -> Result<Vec<RevisionRecord>, PeerError> {
@@ -223,26 +216,38 @@ impl Node {
         Ok(r.into_iter().map(|(_, r)| r).collect())
     }
 
-    /// Deletes the deployment and its revisions; the controller stops its instances.
-    pub async fn delete_deployment(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
+    /// Reads, plans and commits one edit of `what`: `attempt` reads what it edits and returns the
+    /// transaction (compared on that read) and the answer; a transaction that writes nothing is
+    /// not proposed. Tried again when another writer (the controller updating a status) changed
+    /// a record in between.
+    async fn edit<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, PeerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(Txn, T), PeerError>>,
+    {
         for _attempt in 0..10 {
-            let (kv, _) = self.deployment(namespace, name).await?;
-            let txn = Txn {
-                compare: vec![unchanged(&kv.key, kv.mod_revision)],
-                success: vec![
-                    Op::Delete { range: KeyRange::Key(kv.key.clone()) },
-                    Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(namespace, name).into_bytes()) },
-                ],
-                failure: vec![],
-            };
-            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
-                return Ok(());
+            let (txn, answer) = attempt().await?;
+            if txn.success.is_empty() {
+                return Ok(answer); // nothing to write: everything was as asked already
+            }
+            match self.propose(Request::Txn(txn)).await? {
+                hsu_store::Response::Txn(r) if r.succeeded => return Ok(answer),
+                hsu_store::Response::Txn(_) => continue,
+                other => return Err(PeerError::Internal(format!("unexpected reply {other:?}"))),
             }
         }
-        Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
+        Err(hsu_store::Error::Unavailable(format!("the {what} kept changing; try again")).into())
     }
 
-    /// `undo`, `pause` or `resume`, retried when the controller wrote the record meanwhile.
+    /// Deletes the deployment and its revisions; the controller stops its instances.
+    pub async fn delete_deployment(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
+        self.edit("deployment", || async {
+            Ok((edit::delete_deployment(&self.deployment(namespace, name).await?), ()))
+        })
+        .await
+    }
+
+    /// `undo`, `pause` or `resume`.
     pub async fn rollout_action(
         &self,
         namespace: &str,
@@ -250,44 +255,16 @@ impl Node {
         action: &str,
         to_revision: Option<u64>,
     ) -> Result<DeploymentRecord, PeerError> {
-        for _attempt in 0..10 {
-            let (kv, rec) = self.deployment(namespace, name).await?;
-            let now = records::now_ms();
-            let next = match action {
-                "undo" => {
-                    let revisions = self.revisions(namespace, name).await?;
-                    rollout::undo(&rec, &revisions, to_revision, now).map_err(|e| PeerError::Invalid(e.to_string()))?
-                }
-                "pause" => {
-                    let mut n = rec.clone();
-                    n.paused = true;
-                    n.push_event(now, "paused".into());
-                    n
-                }
-                "resume" => {
-                    let mut n = rec.clone();
-                    n.paused = false;
-                    n.canary_passed = true;
-                    n.progress_ms = now;
-                    n.push_event(now, "resumed".into());
-                    n
-                }
-                other => {
-                    return Err(PeerError::Invalid(format!(
-                        "unknown rollout action {other:?}; expected undo, pause or resume"
-                    )))
-                }
+        let action = RolloutAction::parse(action, to_revision)?;
+        self.edit("deployment", || async {
+            let current = self.deployment(namespace, name).await?;
+            let revisions = match action {
+                RolloutAction::Undo { .. } => self.revisions(namespace, name).await?,
+                RolloutAction::Pause | RolloutAction::Resume => vec![],
             };
-            let txn = Txn {
-                compare: vec![unchanged(&kv.key, kv.mod_revision)],
-                success: vec![put(state::deployment_key(namespace, name), &next)?],
-                failure: vec![],
-            };
-            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
-                return Ok(next);
-            }
-        }
-        Err(hsu_store::Error::Unavailable("the deployment kept changing; try again".into()).into())
+            Ok(edit::rollout(&current, &revisions, action, records::now_ms())?)
+        })
+        .await
     }
 }
 
@@ -308,43 +285,16 @@ impl Node {
         &self,
         namespace: &str,
         name: &str,
-        env: std::collections::BTreeMap<String, String>,
+        env: BTreeMap<String, String>,
     ) -> Result<u64, PeerError> {
-        for k in env.keys() {
-            hsu_model::unit::EnvName::new(k).map_err(|e| PeerError::Invalid(format!("env: {e}")))?;
-        }
-        let key = state::job_key(namespace, name);
-        for _attempt in 0..10 {
-            let (kv, mut rec): (KeyValue, JobRecord) =
-                self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
-            let run = rec.start_run(env.clone(), records::now_ms());
-            let txn = Txn {
-                compare: vec![unchanged(&kv.key, kv.mod_revision)],
-                success: vec![put(key.clone(), &rec)?],
-                failure: vec![],
-            };
-            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
-                return Ok(run);
-            }
-        }
-        Err(hsu_store::Error::Unavailable("the job kept changing; try again".into()).into())
+        self.edit("job", || async {
+            Ok(edit::dispatch_job(&self.job(namespace, name).await?, env.clone(), records::now_ms())?)
+        })
+        .await
     }
 
     /// Deletes a job; the controller stops its instances.
     pub async fn delete_job(&self, namespace: &str, name: &str) -> Result<(), PeerError> {
-        let key = state::job_key(namespace, name);
-        for _attempt in 0..10 {
-            let (kv, _): (KeyValue, JobRecord) =
-                self.record_at(&key).await?.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))?;
-            let txn = Txn {
-                compare: vec![unchanged(&kv.key, kv.mod_revision)],
-                success: vec![Op::Delete { range: KeyRange::Key(kv.key.clone()) }],
-                failure: vec![],
-            };
-            if txn_succeeded(self.propose(Request::Txn(txn)).await?) {
-                return Ok(());
-            }
-        }
-        Err(hsu_store::Error::Unavailable("the job kept changing; try again".into()).into())
+        self.edit("job", || async { Ok((edit::delete_job(&self.job(namespace, name).await?), ())) }).await
     }
 }

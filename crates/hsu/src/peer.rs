@@ -373,6 +373,16 @@ pub enum PeerError {
     Internal(String),
 }
 
+impl From<hsu_control::Error> for PeerError {
+    fn from(e: hsu_control::Error) -> Self {
+        match e {
+            hsu_control::Error::Store(e) => PeerError::Store(e),
+            e if e.is_refusal() => PeerError::Invalid(e.to_string()),
+            e => PeerError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::records::RecordError> for PeerError {
     fn from(e: crate::records::RecordError) -> Self {
         PeerError::Internal(e.to_string())
