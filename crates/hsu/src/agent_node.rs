@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use hsu_net::quic::{Endpoint, EndpointConfig, Handler, NetError, Peer, ALPN};
 use hsu_store::KeyRange;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::datadir::{DataDir, NodeState, Pki};
 use crate::error::NodeError;
@@ -35,7 +34,7 @@ use crate::peer::{
     call_peer, node_server_name, parse_addr, PeerError, PeerReply, PeerRequest, METHOD_LOGS, METHOD_WATCH,
 };
 use crate::removal::{Departure, Removal};
-use crate::units::{apply_and_publish, reporter, Me, Sender, Views};
+use crate::units::{self, DesiredSource, Me, Sender};
 
 /// What a server sends an agent-only node: its instances at a store revision, where the
 /// servers are (voters first), and which nodes' certificates are revoked.
@@ -191,18 +190,22 @@ impl AgentNode {
             }),
         };
         let agent = Agent::open(&agent_dir)?;
-        let views: Views = Arc::default();
-        let seen = Arc::new(AtomicU64::new(0));
-        let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
-        let applier = tokio::spawn(node.clone().applier(agent, views.clone(), seen.clone(), on_exit));
-        *node.inner.units.lock().unwrap_or_else(|p| p.into_inner()) = Some(applier);
+        // What the agent recorded runs at once, before any server answers.
+        let mut recorded = agent.recorded_specs();
+        recorded.sort_by(|a, b| a.name.cmp(&b.name));
+        let source = StreamSource { node: node.clone(), recorded: Some(recorded), stream: None, turn: 0, pause: false };
         let me = Me { id: node.id(), name: node.name().to_string(), agent_dir, labels: tuning.labels.clone() };
         let sender = node.clone();
         let send: Sender = Arc::new(move |report| {
             let node = sender.clone();
             Box::pin(async move { node.report(report).await })
         });
-        tokio::spawn(reporter(me, views, seen, node.inner.stop.subscribe(), send));
+        let departed = node.clone();
+        let keep = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
+        // Departed: the cluster placed the instances elsewhere; nobody would supervise these.
+        let on_exit = move || if departed.departure().is_some() { OnExit::Stop } else { keep };
+        let applier = units::spawn(agent, source, me, send, node.inner.stop.subscribe(), on_exit);
+        *node.inner.units.lock().unwrap_or_else(|p| p.into_inner()) = Some(applier);
         tokio::spawn(node.clone().notice_removal());
         Ok(node)
     }
@@ -291,81 +294,100 @@ impl AgentNode {
     async fn report(&self, report: hsu_model::state::NodeReport) -> Result<(), String> {
         to_any_server(&self.inner.endpoint, &self.servers(), &PeerRequest::Report(Box::new(report))).await
     }
+}
 
-    async fn applier(self, mut agent: Agent, views: Views, seen: Arc<AtomicU64>, on_exit: OnExit) {
-        self.follow_servers(&mut agent, &views, &seen).await;
-        // Departed: the cluster placed the instances elsewhere; nobody would supervise these.
-        let on_exit = if self.departure().is_some() { OnExit::Stop } else { on_exit };
-        agent.shutdown(on_exit).await;
-    }
+/// An agent-only node's [`DesiredSource`]: first the units its agent recorded, then the
+/// instances of one server's stream, trying the servers in turn (one a second) while none answers.
+struct StreamSource {
+    node: AgentNode,
+    recorded: Option<Vec<UnitSpec>>,
+    /// The stream followed, and the server it comes from.
+    stream: Option<(NodeId, Frames)>,
+    turn: usize,
+    /// A server failed or ended its stream: wait a second before the next.
+    pause: bool,
+}
 
-    async fn follow_servers(&self, agent: &mut Agent, views: &Views, seen: &AtomicU64) {
-        // What the agent recorded runs at once, before any server answers.
-        let mut current: Vec<UnitSpec> = agent.recorded_specs();
-        current.sort_by(|a, b| a.name.cmp(&b.name));
-        apply_and_publish(agent, &current, views).await;
-        let mut stop = self.inner.stop.subscribe();
-        let mut turn = 0usize;
-        loop {
-            let servers = self.servers();
-            if let Some((id, addr)) = servers.get(turn % servers.len().max(1)).cloned() {
-                turn += 1;
-                match self.follow(id, &addr, agent, views, seen, &mut current, &mut stop).await {
-                    Ok(()) => break,
-                    Err(e) => debug!(server = id, "instance stream: {e}"),
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.wait_for(|s| *s) => break,
-            }
-        }
-    }
+type Frames = mpsc::Receiver<Result<Vec<u8>, NetError>>;
 
-    /// Follows one server's stream of this node's instances; Ok when the node stops.
-    #[allow(clippy::too_many_arguments)]
-    async fn follow(
-        &self,
-        id: NodeId,
-        addr: &str,
-        agent: &mut Agent,
-        views: &Views,
-        seen: &AtomicU64,
-        current: &mut Vec<UnitSpec>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let addr = parse_addr(addr)?;
-        let mut rx = self
+impl StreamSource {
+    /// Opens the stream of the next server in turn.
+    async fn connect(&mut self) -> Result<(NodeId, Frames), String> {
+        let servers = self.node.servers();
+        let (id, addr) = servers.get(self.turn % servers.len().max(1)).cloned().ok_or("no server is known")?;
+        self.turn += 1;
+        let addr = parse_addr(&addr)?;
+        let rx = self
+            .node
             .inner
             .endpoint
             .stream(addr, &node_server_name(id), METHOD_WATCH, &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("server {id}: {e}"))?;
+        Ok((id, rx))
+    }
+
+    /// The next update of the followed stream; `Err` when it failed or ended.
+    async fn update(&mut self) -> Option<Result<(NodeId, InstancesUpdate), String>> {
+        let (id, rx) = self.stream.as_mut()?;
+        let id = *id;
+        let mut stop = self.node.inner.stop.subscribe();
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        Some(match frame {
+            Some(Ok(bytes)) => decode_record(&bytes).map(|u| (id, u)).map_err(|e| format!("server {id}: {e}")),
+            Some(Err(e)) => Err(format!("server {id}: {e}")),
+            None => Err(format!("server {id} ended the stream")),
+        })
+    }
+}
+
+impl DesiredSource for StreamSource {
+    async fn next(&mut self) -> Option<(Vec<UnitSpec>, u64)> {
+        if let Some(recorded) = self.recorded.take() {
+            return Some((recorded, 0));
+        }
         loop {
-            let frame = tokio::select! {
-                f = rx.recv() => f,
-                _ = stop.wait_for(|s| *s) => return Ok(()),
-            };
-            let bytes = match frame {
-                Some(Ok(b)) => b,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("the server ended the stream".into()),
-            };
-            let update: InstancesUpdate = decode_record(&bytes).map_err(|e| e.to_string())?;
-            let mut want: Vec<UnitSpec> =
-                update.instances.iter().filter(|i| i.desired == Desired::Run).map(|i| i.unit.0.clone()).collect();
-            want.sort_by(|a, b| a.name.cmp(&b.name));
-            if want != *current {
-                info!(units = want.len(), server = id, "instances changed");
-                apply_and_publish(agent, &want, views).await;
-                *current = want;
+            if self.node.inner.stop.borrow().to_owned() {
+                return None;
             }
-            seen.store(update.revision, Ordering::Release);
-            self.set_revoked(update.revoked);
-            // The server that answered goes first next time.
-            let mut servers = update.servers.clone();
-            servers.sort_by_key(|(s, _)| *s != id);
-            self.set_servers(servers);
+            if self.stream.is_none() {
+                if self.pause {
+                    let mut stop = self.node.inner.stop.subscribe();
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => return None,
+                    }
+                }
+                match self.connect().await {
+                    Ok(stream) => self.stream = Some(stream),
+                    Err(e) => {
+                        debug!("instance stream: {e}");
+                        self.pause = true;
+                        continue;
+                    }
+                }
+            }
+            match self.update().await? {
+                Ok((id, update)) => {
+                    self.node.set_revoked(update.revoked);
+                    // The server that answered goes first next time.
+                    let mut servers = update.servers;
+                    servers.sort_by_key(|(s, _)| *s != id);
+                    self.node.set_servers(servers);
+                    let mut want: Vec<UnitSpec> =
+                        update.instances.into_iter().filter(|i| i.desired == Desired::Run).map(|i| i.unit.0).collect();
+                    want.sort_by(|a, b| a.name.cmp(&b.name));
+                    return Some((want, update.revision));
+                }
+                Err(e) => {
+                    debug!("instance stream: {e}");
+                    self.stream = None;
+                    self.pause = true;
+                }
+            }
         }
     }
 }

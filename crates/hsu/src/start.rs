@@ -28,7 +28,7 @@ impl Node {
             stopping.stopped().await
         }));
         let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
-        let units = crate::units::spawn(node.clone(), dir.agent_dir(), tuning.labels.clone(), on_exit)?;
+        let units = crate::units::spawn_for_server(node.clone(), dir.agent_dir(), tuning.labels.clone(), on_exit)?;
         node.set_units(units);
         node.spawn_keepers();
         Ok(node)

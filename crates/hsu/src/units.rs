@@ -1,14 +1,19 @@
-//! The node's agent inside the cluster: it runs the instances the store assigns to this node
-//! (`/instances/<node id>/...`) and reports them to the master.
+//! The node's agent driver, one for both kinds of node: it brings the agent to what a
+//! [`DesiredSource`] says should run on this node and reports the units to the master.
 //!
-//! Two tasks. The applier reads the node's instance records from the local copy of the store
-//! (a server has one: after a restart while cut off from every other server it starts from it)
-//! and brings the agent to them; it wakes on every change under the prefix. The reporter sends
-//! the master a [`NodeReport`] when something changed and at least once per second, with the
-//! readiness and state of every unit the agent has. Reports live in the master's memory only.
+//! Two tasks. The applier takes each new desired set from the source and brings the agent to it.
+//! A server's source ([`StoreSource`]) reads the node's instance records
+//! (`/instances/<node id>/...`) from the local copy of the store, so that after a restart while
+//! cut off from every other server it starts from it, and wakes on every change under the
+//! prefix. An agent-only node's source follows a server's stream (`crate::agent_node`). The
+//! reporter sends the master a [`NodeReport`] when something changed and at least once per
+//! second, with the readiness and state of every unit the agent has. Reports live in the
+//! master's memory only.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,36 +23,26 @@ use hsu_model::state::{self, Capacity, Desired, InstanceRecord, InstanceReport, 
 use hsu_model::unit::UnitSpec;
 use hsu_store::KeyRange;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::node::Node;
 use crate::peer::PeerRequest;
 
 /// The live status of each unit the agent has, shared by the applier with the reporter.
-pub(crate) type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<UnitStatus>>>>;
+type Views = Arc<Mutex<BTreeMap<String, watch::Receiver<UnitStatus>>>>;
 
-/// Starts both tasks; they end when the node stops, the applier once the agent has left its
-/// units running (or stopped them, with `on_exit` [`OnExit::Stop`]). Returns the applier.
-pub(crate) fn spawn(
-    node: Node,
-    agent_dir: PathBuf,
-    labels: BTreeMap<String, String>,
-    on_exit: OnExit,
-) -> Result<tokio::task::JoinHandle<()>, hsu_agent::Error> {
-    let agent = Agent::open(&agent_dir)?;
-    let views: Views = Arc::default();
-    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let applier = tokio::spawn(applier(node.clone(), agent, views.clone(), seen.clone(), on_exit));
-    let me = Me { id: node.id(), name: node.name().to_string(), agent_dir, labels };
-    let stop = node.stop_signal();
-    let send: Sender = Arc::new(move |report| {
-        let node = node.clone();
-        Box::pin(async move { node.report(report).await })
-    });
-    tokio::spawn(reporter(me, views, seen, stop, send));
-    Ok(applier)
+/// Where the driver learns what should run on this node.
+pub(crate) trait DesiredSource: Send + 'static {
+    /// The next desired set of units and the store revision it reflects (the first call answers
+    /// at once); `None` once the node stops.
+    fn next(&mut self) -> impl Future<Output = Option<(Vec<UnitSpec>, u64)>> + Send;
 }
+
+/// How a report reaches the leader.
+pub(crate) type Sender =
+    Arc<dyn Fn(NodeReport) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Who reports.
 pub(crate) struct Me {
@@ -57,13 +52,48 @@ pub(crate) struct Me {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How a report reaches the leader.
-pub(crate) type Sender = Arc<
-    dyn Fn(NodeReport) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync,
->;
+/// Starts the applier and the reporter. They end when the source ends and `stop` is set; the
+/// applier then leaves the units running or stops them, as `on_exit` says at that moment (a
+/// node that left or was removed stops them: their instances are placed elsewhere, and nobody
+/// would supervise these copies any more). Returns the applier.
+pub(crate) fn spawn(
+    agent: Agent,
+    source: impl DesiredSource,
+    me: Me,
+    send: Sender,
+    stop: watch::Receiver<bool>,
+    on_exit: impl FnOnce() -> OnExit + Send + 'static,
+) -> JoinHandle<()> {
+    let views: Views = Arc::default();
+    let seen = Arc::new(AtomicU64::new(0));
+    tokio::spawn(reporter(me, views.clone(), seen.clone(), stop, send));
+    tokio::spawn(applier(agent, source, views, seen, on_exit))
+}
 
-/// Brings the agent to `want` and publishes the units' live status for the reporter.
-pub(crate) async fn apply_and_publish(agent: &mut Agent, want: &[UnitSpec], views: &Views) {
+async fn applier(
+    mut agent: Agent,
+    mut source: impl DesiredSource,
+    views: Views,
+    seen: Arc<AtomicU64>,
+    on_exit: impl FnOnce() -> OnExit,
+) {
+    let mut last: Option<Vec<UnitSpec>> = None;
+    while let Some((want, revision)) = source.next().await {
+        if last.as_ref() != Some(&want) {
+            if last.is_some() {
+                info!(units = want.len(), revision, "this node's instances changed");
+            }
+            apply_and_publish(&mut agent, &want, &views).await;
+            last = Some(want);
+        }
+        seen.store(revision, Ordering::Release);
+    }
+    agent.shutdown(on_exit()).await;
+}
+
+/// Brings the agent to `want` and publishes the units' live status for the reporter (the units
+/// first: the reporter reads the revision before the units, see [`reporter`]).
+async fn apply_and_publish(agent: &mut Agent, want: &[UnitSpec], views: &Views) {
     agent.apply(want.to_vec()).await;
     let mut v = views.lock().unwrap_or_else(|p| p.into_inner());
     v.clear();
@@ -74,60 +104,82 @@ pub(crate) async fn apply_and_publish(agent: &mut Agent, want: &[UnitSpec], view
     }
 }
 
-fn desired(node: &Node) -> (Vec<UnitSpec>, u64) {
-    let prefix = state::node_instances_prefix(node.id());
-    let r = node.store().range_local(&KeyRange::Prefix(prefix.into_bytes()), 0);
-    let mut units = Vec::new();
-    for kv in r.kvs {
-        match hsu_model::decode_record::<InstanceRecord>(&kv.value) {
-            Ok(i) if i.desired == Desired::Run => units.push(i.unit.0),
-            Ok(_) => {}
-            Err(e) => warn!(key = %String::from_utf8_lossy(&kv.key), "instance record does not decode: {e}"),
-        }
-    }
-    (units, r.revision)
+/// A server's source: its instance records in the local copy of the store.
+pub(crate) struct StoreSource {
+    node: Node,
+    /// The revision last answered; `None` before the first answer.
+    revision: Option<u64>,
 }
 
-async fn applier(node: Node, mut agent: Agent, views: Views, seen: Arc<std::sync::atomic::AtomicU64>, on_exit: OnExit) {
-    let prefix = state::node_instances_prefix(node.id());
-    let mut last: Option<Vec<UnitSpec>> = None;
-    loop {
-        let (want, revision) = desired(&node);
-        if last.as_ref() != Some(&want) {
-            apply_and_publish(&mut agent, &want, &views).await;
-            last = Some(want);
-        }
-        seen.store(revision, std::sync::atomic::Ordering::Release);
-        // Wake on the next change under the prefix (or stop).
-        let mut watcher = match node.store().watch(KeyRange::Prefix(prefix.clone().into_bytes()), revision + 1) {
-            Ok(w) => w,
-            Err(e) => {
-                debug!("instance watch: {e}; reading again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        tokio::select! {
-            _ = watcher.next() => {}
-            () = node.stopped() => {
-                // A node that left or was removed stops its units: their instances are placed
-                // elsewhere, and nobody would supervise these copies any more.
-                let on_exit = if node.departure().is_some() { OnExit::Stop } else { on_exit };
-                agent.shutdown(on_exit).await;
-                return;
-            }
-        }
+impl StoreSource {
+    pub(crate) fn new(node: Node) -> StoreSource {
+        StoreSource { node, revision: None }
     }
+
+    fn desired(&self) -> (Vec<UnitSpec>, u64) {
+        let prefix = state::node_instances_prefix(self.node.id());
+        let r = self.node.store().range_local(&KeyRange::Prefix(prefix.into_bytes()), 0);
+        let mut units = Vec::new();
+        for kv in r.kvs {
+            match hsu_model::decode_record::<InstanceRecord>(&kv.value) {
+                Ok(i) if i.desired == Desired::Run => units.push(i.unit.0),
+                Ok(_) => {}
+                Err(e) => warn!(key = %String::from_utf8_lossy(&kv.key), "instance record does not decode: {e}"),
+            }
+        }
+        (units, r.revision)
+    }
+}
+
+impl DesiredSource for StoreSource {
+    async fn next(&mut self) -> Option<(Vec<UnitSpec>, u64)> {
+        if let Some(revision) = self.revision {
+            // Wake on the next change under the prefix (or stop).
+            let prefix = state::node_instances_prefix(self.node.id()).into_bytes();
+            match self.node.store().watch(KeyRange::Prefix(prefix), revision + 1) {
+                Ok(mut watcher) => {
+                    tokio::select! {
+                        _ = watcher.next() => {}
+                        () = self.node.stopped() => return None,
+                    }
+                }
+                Err(e) => {
+                    debug!("instance watch: {e}; reading again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = self.node.stopped() => return None,
+                    }
+                }
+            }
+        }
+        let (units, revision) = self.desired();
+        self.revision = Some(revision);
+        Some((units, revision))
+    }
+}
+
+/// Starts a server's driver on its own store.
+pub(crate) fn spawn_for_server(
+    node: Node,
+    agent_dir: PathBuf,
+    labels: BTreeMap<String, String>,
+    on_exit: OnExit,
+) -> Result<JoinHandle<()>, hsu_agent::Error> {
+    let agent = Agent::open(&agent_dir)?;
+    let me = Me { id: node.id(), name: node.name().to_string(), agent_dir, labels };
+    let stop = node.stop_signal();
+    let sender = node.clone();
+    let send: Sender = Arc::new(move |report| {
+        let node = sender.clone();
+        Box::pin(async move { node.report(report).await })
+    });
+    let departed = node.clone();
+    let on_exit = move || if departed.departure().is_some() { OnExit::Stop } else { on_exit };
+    Ok(spawn(agent, StoreSource::new(node), me, send, stop, on_exit))
 }
 
 /// Sends the leader a report when something changed and at least once a second, until `stop`.
-pub(crate) async fn reporter(
-    me: Me,
-    views: Views,
-    seen: Arc<std::sync::atomic::AtomicU64>,
-    mut stop: watch::Receiver<bool>,
-    send: Sender,
-) {
+async fn reporter(me: Me, views: Views, seen: Arc<AtomicU64>, mut stop: watch::Receiver<bool>, send: Sender) {
     let capacity = match hsu_agent::resources::Sampler::new().and_then(|mut s| s.sample(&me.agent_dir)) {
         Ok(r) => Capacity { cpu_millis: u64::from(r.cpu_cores) * 1000, memory_bytes: r.memory_total_bytes },
         Err(e) => {
@@ -148,7 +200,7 @@ pub(crate) async fn reporter(
         // revision, so the units read here are at least as new as the revision says. (The other
         // order could report an instance it has just started as missing, and the master would
         // take it for lost.)
-        let seen_revision = seen.load(std::sync::atomic::Ordering::Acquire);
+        let seen_revision = seen.load(Ordering::Acquire);
         let statuses: Vec<UnitStatus> = {
             let v = views.lock().unwrap_or_else(|p| p.into_inner());
             v.values().map(|rx| rx.borrow().clone()).collect()
