@@ -18,7 +18,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true).include_source_info(true).open_files(&files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("hsu_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // `hsu ... -o json|yaml` prints the messages themselves: the field names are the proto's.
+    // A field whose zero value means "none" prints as null, as the CLI printed it before.
+    let null_when_zero = "#[serde(serialize_with = \"crate::json::zero_as_null\")]";
+    let null_when_empty = "#[serde(serialize_with = \"crate::json::empty_as_null\")]";
+    tonic_prost_build::configure()
+        .type_attribute(".hsu.v1", "#[derive(serde::Serialize)]")
+        .field_attribute(".hsu.v1.DeploymentInfo.rolled_back_from", null_when_zero)
+        .field_attribute(".hsu.v1.DeploymentInfo.unplaced", null_when_empty)
+        .field_attribute(".hsu.v1.DeploymentInfo.failure", null_when_empty)
+        .field_attribute(".hsu.v1.InstanceInfo.message", null_when_empty)
+        .field_attribute(".hsu.v1.JobInfo.unplaced", null_when_empty)
+        .field_attribute(".hsu.v1.JobRunInfo.finished_ms", null_when_zero)
+        .field_attribute(".hsu.v1.RevisionInfo.number", "#[serde(rename = \"revision\")]")
+        .field_attribute(
+            ".hsu.v1.DeploymentDetail.spec_json",
+            "#[serde(rename = \"spec\", serialize_with = \"crate::json::parsed\")]",
+        )
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 

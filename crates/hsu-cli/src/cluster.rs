@@ -65,20 +65,7 @@ pub(crate) async fn client_command(
     match command {
         Command::Status => {
             let s = cluster.status(pb::StatusRequest {}).await.map_err(status)?.into_inner();
-            let value = serde_json::json!({
-                "leader": s.leader,
-                "leader_id": s.leader_id,
-                "term": s.term,
-                "commit_index": s.commit_index,
-                "applied_index": s.applied_index,
-                "cluster_name": s.cluster_name,
-                "served_by": s.served_by,
-                "members": s.members.iter().map(|m| serde_json::json!({
-                    "id": m.id, "name": m.name, "role": m.role, "address": m.address,
-                    "api_address": m.api_address, "healthy": m.healthy, "matched_index": m.matched_index,
-                })).collect::<Vec<_>>(),
-            });
-            print(out, &value, |_| {
+            print(out, &s, |_| {
                 let head = format!(
                     "cluster {}: leader {} (id {}), term {}, commit index {}\n\n",
                     s.cluster_name,
@@ -107,16 +94,7 @@ pub(crate) async fn client_command(
         }
         Command::Node(NodeCommand::List) | Command::Get { what: GetWhat::Nodes, .. } => {
             let nodes = cluster.list_nodes(pb::ListNodesRequest {}).await.map_err(status)?.into_inner().nodes;
-            let value: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    serde_json::json!({"id": n.id, "name": n.name, "role": n.role, "address": n.address,
-                        "api_address": n.api_address, "version": n.version, "joined_unix_ms": n.joined_unix_ms,
-                        "ready": n.ready, "cpu_millis": n.cpu_millis, "memory_bytes": n.memory_bytes,
-                        "labels": n.labels, "units": n.units, "last_report_ms": n.last_report_ms})
-                })
-                .collect();
-            print(out, &value, |_| {
+            print(out, &nodes, |_| {
                 let rows = nodes
                     .iter()
                     .map(|n| {

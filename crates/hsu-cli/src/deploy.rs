@@ -42,30 +42,6 @@ fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn deployment_json(d: &pb::DeploymentInfo) -> serde_json::Value {
-    json!({
-        "namespace": d.namespace, "name": d.name, "replicas": d.replicas, "ready": d.ready,
-        "up_to_date": d.up_to_date, "available": d.available, "total": d.total,
-        "revision": d.revision, "stable_revision": d.stable_revision, "phase": d.phase,
-        "paused": d.paused, "generation": d.generation,
-        "rolled_back_from": (d.rolled_back_from != 0).then_some(d.rolled_back_from),
-        "unplaced": (!d.unplaced.is_empty()).then_some(&d.unplaced), "message": d.message,
-        "failure": (!d.failure.is_empty()).then_some(&d.failure),
-    })
-}
-
-fn job_json(j: &pb::JobInfo) -> serde_json::Value {
-    json!({
-        "namespace": j.namespace, "name": j.name, "completions": j.completions, "parallelism": j.parallelism,
-        "retries": j.retries, "dispatch_only": j.dispatch_only,
-        "runs": j.runs.iter().map(|r| json!({
-            "run": r.run, "phase": r.phase, "succeeded": r.succeeded, "failed": r.failed,
-            "started_ms": r.started_ms, "finished_ms": (r.finished_ms != 0).then_some(r.finished_ms), "env": r.env,
-        })).collect::<Vec<_>>(),
-        "unplaced": (!j.unplaced.is_empty()).then_some(&j.unplaced), "message": j.message,
-    })
-}
-
 /// Polls run `run` of a job until it ends: Ok when it succeeded.
 async fn wait_run(
     api: &mut client::Deployments,
@@ -107,14 +83,6 @@ async fn wait_run(
     }
 }
 
-fn instance_json(i: &pb::InstanceInfo) -> serde_json::Value {
-    json!({
-        "name": i.name, "namespace": i.namespace, "deployment": i.deployment, "revision": i.revision,
-        "node": i.node, "node_id": i.node_id, "state": i.state, "ready": i.ready, "desired": i.desired,
-        "restarts": i.restarts, "message": (!i.message.is_empty()).then_some(&i.message),
-    })
-}
-
 fn instances_table(list: &[pb::InstanceInfo]) -> String {
     let rows = list
         .iter()
@@ -140,12 +108,7 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
         Command::Apply { files, dry_run } => {
             let sources = read_sources(&files)?;
             let r = api.apply(pb::ApplyRequest { files: sources, dry_run }).await.map_err(status)?.into_inner();
-            let value: Vec<_> = r
-                .objects
-                .iter()
-                .map(|o| json!({"kind": o.kind, "namespace": o.namespace, "name": o.name, "result": o.result, "revision": o.revision}))
-                .collect();
-            print(out, &value, |_| {
+            print(out, &r.objects, |_| {
                 r.objects
                     .iter()
                     .map(|o| {
@@ -163,8 +126,7 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
         Command::Get { what: GetWhat::Deployments, name, namespace } => {
             let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
             let list = api.list_deployments(req).await.map_err(status)?.into_inner().deployments;
-            let value: Vec<_> = list.iter().map(deployment_json).collect();
-            print(out, &value, |_| {
+            print(out, &list, |_| {
                 let rows = list
                     .iter()
                     .map(|d| {
@@ -185,14 +147,12 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
         Command::Get { what: GetWhat::Instances, name, namespace } => {
             let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
             let list = api.list_instances(req).await.map_err(status)?.into_inner().instances;
-            let value: Vec<_> = list.iter().map(instance_json).collect();
-            print(out, &value, |_| instances_table(&list))
+            print(out, &list, |_| instances_table(&list))
         }
         Command::Get { what: GetWhat::Jobs, name, namespace } => {
             let req = pb::ListRequest { namespace: namespace.unwrap_or_default(), name: name.unwrap_or_default() };
             let list = api.list_jobs(req).await.map_err(status)?.into_inner().jobs;
-            let value: Vec<_> = list.iter().map(job_json).collect();
-            print(out, &value, |_| {
+            print(out, &list, |_| {
                 let rows = list
                     .iter()
                     .map(|j| {
@@ -246,20 +206,12 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
         Command::Describe { what: DescribeWhat::Job, name, namespace } => {
             let req = pb::ListRequest { namespace, name };
             let list = api.list_jobs(req).await.map_err(status)?.into_inner().jobs;
-            let value: Vec<_> = list.iter().map(job_json).collect();
-            print(out, &value, |_| serde_json::to_string_pretty(&value).unwrap_or_default() + "\n")
+            print(out, &list, |_| serde_json::to_string_pretty(&list).unwrap_or_default() + "\n")
         }
         Command::Describe { what: DescribeWhat::Deployment, name, namespace } => {
             let d = api.describe(pb::NameRequest { namespace, name }).await.map_err(status)?.into_inner();
             let info = d.deployment.clone().unwrap_or_default();
-            let value = json!({
-                "deployment": deployment_json(&info),
-                "revisions": d.revisions.iter().map(|r| json!({"revision": r.number, "created_ms": r.created_ms, "command": r.command, "current": r.current})).collect::<Vec<_>>(),
-                "events": d.events.iter().map(|e| json!({"at_ms": e.at_ms, "message": e.message})).collect::<Vec<_>>(),
-                "instances": d.instances.iter().map(instance_json).collect::<Vec<_>>(),
-                "spec": serde_json::from_str::<serde_json::Value>(&d.spec_json).unwrap_or_default(),
-            });
-            print(out, &value, |_| {
+            print(out, &d, |_| {
                 let mut s = format!(
                     "Name:        {}\nNamespace:   {}\nReplicas:    {} desired, {} ready, {} up-to-date, {} available, {} in total\nRevision:    {} (stable {})\nPhase:       {}{}\n",
                     info.name,
@@ -309,12 +261,7 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
         }
         Command::Rollout(RolloutCommand::History { name, namespace }) => {
             let d = api.describe(pb::NameRequest { namespace, name }).await.map_err(status)?.into_inner();
-            let value: Vec<_> = d
-                .revisions
-                .iter()
-                .map(|r| json!({"revision": r.number, "created_ms": r.created_ms, "command": r.command, "current": r.current}))
-                .collect();
-            print(out, &value, |_| {
+            print(out, &d.revisions, |_| {
                 let rows = d
                     .revisions
                     .iter()
@@ -339,7 +286,7 @@ pub async fn command(cfg: &ClientConfig, endpoint: Option<&str>, out: Format, co
             };
             let req = pb::RolloutRequest { namespace, name, action: action.into(), to_revision: to.unwrap_or(0) };
             let d = api.rollout(req).await.map_err(status)?.into_inner().deployment.unwrap_or_default();
-            print(out, &deployment_json(&d), |_| {
+            print(out, &d, |_| {
                 format!("deployment/{}/{}: {action} done; revision {} ({})\n", d.namespace, d.name, d.revision, d.phase)
             })
         }
