@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use hsu_model::deploy::{Document, Object};
-use hsu_model::state::{self, DeploymentRecord, JobRecord, RevisionRecord};
-use hsu_store::record::{put_record, unchanged};
+use hsu_model::keys;
+use hsu_model::state::{DeploymentRecord, JobRecord, RevisionRecord};
+use hsu_store::record::{put_at, put_record, unchanged};
 use hsu_store::{KeyRange, Op, Txn, Versioned};
 use serde::Serialize;
 
@@ -50,8 +51,8 @@ pub fn plan(
         match &doc.object {
             Object::Job(j) => {
                 let (ns, name) = (j.metadata.namespace.as_str(), j.metadata.name.as_str());
-                let key = state::job_key(ns, name);
-                let old = existing.jobs.get(&key);
+                let key = keys::JOBS.key_of(ns, name);
+                let old = existing.jobs.get(key.as_str());
                 txn.compare.push(unchanged(&key, old.map_or(0, |v| v.mod_revision)));
                 let next = jobs::apply(old.map(|v| &v.value), j, &uid(), now_ms);
                 let result = match (old, &next) {
@@ -61,7 +62,7 @@ pub fn plan(
                 };
                 let run = next.as_ref().or(old.map(|v| &v.value)).and_then(|r| r.runs.last()).map_or(0, |r| r.id);
                 if let Some(rec) = next {
-                    txn.success.push(put_record(&key, &rec).map_err(encode)?);
+                    txn.success.push(put_at(&key, &rec).map_err(encode)?);
                 }
                 applied.push(AppliedObject {
                     kind: "Job".into(),
@@ -73,8 +74,8 @@ pub fn plan(
             }
             Object::Deployment(d) => {
                 let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
-                let key = state::deployment_key(ns, name);
-                let old = existing.deployments.get(&key);
+                let key = keys::DEPLOYMENTS.key_of(ns, name);
+                let old = existing.deployments.get(key.as_str());
                 let revisions = existing.revisions.get(&format!("{ns}/{name}")).map_or(&[][..], Vec::as_slice);
                 let a = rollout::apply(old.map(|v| &v.value), revisions, d, &uid(), now_ms);
                 txn.compare.push(unchanged(&key, old.map_or(0, |v| v.mod_revision)));
@@ -84,14 +85,14 @@ pub fn plan(
                     (Some(_), false) => "configured",
                 };
                 if !a.unchanged {
-                    txn.success.push(put_record(&key, &a.record).map_err(encode)?);
+                    txn.success.push(put_at(&key, &a.record).map_err(encode)?);
                 }
                 if let Some(r) = &a.new_revision {
-                    txn.success.push(put_record(state::revision_key(ns, name, r.number), r).map_err(encode)?);
+                    txn.success.push(put_record(keys::REVISIONS.key_of(ns, name, r.number), r).map_err(encode)?);
                 }
                 for n in &a.prune {
                     txn.success
-                        .push(Op::Delete { range: KeyRange::Key(state::revision_key(ns, name, *n).into_bytes()) });
+                        .push(Op::Delete { range: KeyRange::Key(keys::REVISIONS.key_of(ns, name, *n).into_bytes()) });
                 }
                 applied.push(AppliedObject {
                     kind: "Deployment".into(),

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hsu_model::state::{self, DeploymentRecord, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
+use hsu_model::keys::{self, Within};
+use hsu_model::state::NodeReport;
 use hsu_model::NodeId;
 use hsu_store::{KeyRange, Store, Txn};
 use tokio::sync::Notify;
@@ -86,10 +87,11 @@ pub async fn run(
         reports.clear();
         let since = Instant::now();
         let from = store.applied_index() + 1;
-        let mut watchers: Vec<hsu_store::Watcher> = [state::DEPLOYMENTS, state::JOBS, state::INSTANCES]
-            .iter()
-            .filter_map(|p| store.watch(KeyRange::Prefix(p.as_bytes().to_vec()), from).ok())
-            .collect();
+        let mut watchers: Vec<hsu_store::Watcher> =
+            [keys::DEPLOYMENTS.prefix(), keys::JOBS.prefix(), keys::INSTANCES.prefix()]
+                .iter()
+                .filter_map(|p| store.watch(KeyRange::Prefix(p.as_bytes().to_vec()), from).ok())
+                .collect();
         loop {
             let still = {
                 let s = status.current();
@@ -153,11 +155,11 @@ async fn state_changed(watchers: &mut Vec<hsu_store::Watcher>) {
     }
 }
 
-/// Reads what a pass plans from: the records under `prefix` that decode, and the keys of those
+/// Reads what a pass plans from: the records in `within` that decode, and the keys of those
 /// that do not.
-fn read<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> (Vec<Versioned<T>>, Vec<Vec<u8>>) {
-    let r = store.range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
-    let (good, bad) = hsu_store::record::records_of(r.kvs);
+fn read<T: serde::de::DeserializeOwned>(store: &Store, within: &Within<T>) -> (Vec<Versioned<T>>, Vec<Vec<u8>>) {
+    let r = store.range_local(&KeyRange::from(within), 0);
+    let (good, bad) = hsu_store::record::records_in(within, r.kvs);
     for (key, e) in &bad {
         warn!(key = %String::from_utf8_lossy(key), "record does not decode: {e}");
     }
@@ -166,14 +168,14 @@ fn read<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> (Vec<Ver
 
 /// Everything one pass plans from, read from this member's applied state.
 fn snapshot(store: &Store, reports: &Reports, leading_for: Duration) -> Snapshot {
-    let (deployments, bad_deployments) = read::<DeploymentRecord>(store, state::DEPLOYMENTS);
-    let (jobs, bad_jobs) = read::<JobRecord>(store, state::JOBS);
-    let (instances, _) = read::<InstanceRecord>(store, state::INSTANCES);
+    let (deployments, bad_deployments) = read(store, &keys::DEPLOYMENTS.all());
+    let (jobs, bad_jobs) = read(store, &keys::JOBS.all());
+    let (instances, _) = read(store, &keys::INSTANCES.all());
     let revisions = deployments
         .iter()
         .map(|d| {
             let (ns, name) = (&d.value.namespace, &d.value.name);
-            let (revs, _) = read::<RevisionRecord>(store, &state::revisions_prefix(ns, name));
+            let (revs, _) = read(store, &keys::REVISIONS.of(ns, name));
             (format!("{ns}/{name}"), revs.into_iter().map(|r| r.value).collect())
         })
         .collect();

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use hsu_model::state::{self, DeploymentRecord, JobRecord, RevisionRecord};
+use hsu_model::keys;
+use hsu_model::state::{DeploymentRecord, JobRecord, RevisionRecord};
 use hsu_store::record::{put_record, unchanged};
 use hsu_store::{KeyRange, Op, Txn, Versioned};
 
@@ -68,7 +69,7 @@ pub fn delete_deployment(current: &Versioned<DeploymentRecord>) -> Txn {
         compare: vec![unchanged(&current.key, current.mod_revision)],
         success: vec![
             Op::Delete { range: KeyRange::Key(current.key.clone()) },
-            Op::Delete { range: KeyRange::Prefix(state::revisions_prefix(&d.namespace, &d.name).into_bytes()) },
+            Op::Delete { range: KeyRange::Prefix(keys::REVISIONS.of(&d.namespace, &d.name).into_bytes()) },
         ],
         failure: vec![],
     }

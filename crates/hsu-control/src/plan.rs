@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hsu_model::deploy::{Placement, Resources};
+use hsu_model::keys;
 use hsu_model::state::{
-    self, DeploymentRecord, Desired, InstanceRecord, InstanceReport, JobRecord, Json, NodeReport, OwnerKind,
-    RevisionRecord,
+    DeploymentRecord, Desired, InstanceRecord, InstanceReport, JobRecord, Json, NodeReport, OwnerKind, RevisionRecord,
 };
 use hsu_model::unit::{UnitName, UnitSpec};
 use hsu_model::{encode_record, NodeId};
@@ -338,7 +338,7 @@ impl<'a> World<'a> {
             let id = self.new_id(name);
             let inst = make(id.clone(), node)?;
             self.held.push(Held { node, resources: ask.resources, owner: ask.owner.clone() });
-            let key = state::instance_key(node, &id);
+            let key = keys::INSTANCES.key_of(node, &id);
             txn.compare.push(unchanged(key.as_bytes(), 0));
             txn.success.push(put(key.into_bytes(), encode(&inst)?));
         }
@@ -378,10 +378,10 @@ impl<'a> World<'a> {
         for v in &self.snap.instances {
             let i = &v.value;
             let is_deployment = i.owner_kind == OwnerKind::Deployment;
-            let key = if is_deployment {
-                state::deployment_key(&i.namespace, &i.owner)
+            let key: String = if is_deployment {
+                keys::DEPLOYMENTS.key_of(&i.namespace, &i.owner).into()
             } else {
-                state::job_key(&i.namespace, &i.owner)
+                keys::JOBS.key_of(&i.namespace, &i.owner).into()
             };
             if self.snap.undecodable_owners.contains(key.as_bytes()) {
                 continue;

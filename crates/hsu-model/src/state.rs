@@ -1,5 +1,5 @@
 //! The cluster state that deployments live in: what the store keeps (deployments, revisions,
-//! instances, with their keys) and what nodes report to the master in their heartbeats (kept in
+//! instances; their keys are in [`crate::keys`]) and what nodes report to the master in their heartbeats (kept in
 //! the master's memory, never written through Raft).
 //!
 //! Specs are kept as JSON inside the binary records ([`Json`]): the unit spec's fields accept
@@ -13,37 +13,6 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use crate::deploy::{DeploymentSpec, JobSpec, Resources};
 use crate::unit::UnitSpec;
 use crate::NodeId;
-
-pub const DEPLOYMENTS: &str = "/deployments/";
-pub const REVISIONS: &str = "/revisions/";
-pub const INSTANCES: &str = "/instances/";
-pub const JOBS: &str = "/jobs/";
-
-pub fn deployment_key(namespace: &str, name: &str) -> String {
-    format!("{DEPLOYMENTS}{namespace}/{name}")
-}
-
-/// Revisions of one deployment sort by number under [`revisions_prefix`].
-pub fn revision_key(namespace: &str, name: &str, number: u64) -> String {
-    format!("{}{number:010}", revisions_prefix(namespace, name))
-}
-
-pub fn revisions_prefix(namespace: &str, name: &str) -> String {
-    format!("{REVISIONS}{namespace}/{name}/")
-}
-
-/// Instances are keyed by node, so that a node watches exactly its own.
-pub fn instance_key(node: NodeId, id: &str) -> String {
-    format!("{}{id}", node_instances_prefix(node))
-}
-
-pub fn node_instances_prefix(node: NodeId) -> String {
-    format!("{INSTANCES}{node:020}/")
-}
-
-pub fn job_key(namespace: &str, name: &str) -> String {
-    format!("{JOBS}{namespace}/{name}")
-}
 
 /// A value kept as JSON text inside a binary record.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,14 +10,13 @@
 //! * The `id` and `secret` let the cluster authenticate the joining node. The id is public and
 //!   used to look the record up; the secret is known only to whoever holds the token.
 //!
-//! The cluster never stores the secret, only its sha256 ([`TokenRecord::secret_hash`]), so a copy
+//! The cluster never stores the secret, only its sha256 (`TokenRecord::secret_hash`), so a copy
 //! of the cluster state does not hand out working tokens. Secrets are also kept out of `Debug`
 //! output and error messages, because both end up in logs.
 
 use std::fmt;
 
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Serialize};
 
 use crate::pki::sha256;
 
@@ -202,32 +201,15 @@ fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// What the cluster stores about a token: never the secret itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// The token's public id.
-    pub id: String,
-    /// sha256 of the token's secret.
-    pub secret_hash: [u8; 32],
-    /// Creation time, milliseconds since the unix epoch.
-    pub created_ms: u64,
-    /// Expiry time, milliseconds since the unix epoch; `None` never expires.
-    pub expires_ms: Option<u64>,
-    /// Remaining uses; `None` is unlimited.
-    pub uses_left: Option<u32>,
-    /// Set when an administrator revokes the token.
-    pub revoked: bool,
-    /// Free-form note for administrators, e.g. what the token was made for.
-    pub description: String,
-}
+pub use hsu_model::cluster::TokenRecord;
 
-impl TokenRecord {
-    /// The record for a freshly generated `token`, created at `now_ms`, expiring `ttl_ms` later
-    /// (`None`: never) and usable `uses` times (`None`: unlimited).
-    pub fn new(token: &JoinToken, now_ms: u64, ttl_ms: Option<u64>, uses: Option<u32>, description: String) -> Self {
-        Self {
-            id: token.id.clone(),
-            secret_hash: token.secret_hash(),
+impl JoinToken {
+    /// The record for this freshly generated token, created at `now_ms`, expiring `ttl_ms`
+    /// later (`None`: never) and usable `uses` times (`None`: unlimited).
+    pub fn record(&self, now_ms: u64, ttl_ms: Option<u64>, uses: Option<u32>, description: String) -> TokenRecord {
+        TokenRecord {
+            id: self.id.clone(),
+            secret_hash: self.secret_hash(),
             created_ms: now_ms,
             // Saturating, so an absurdly long ttl means "practically never" instead of wrapping
             // around to a time in the past.
@@ -238,34 +220,29 @@ impl TokenRecord {
         }
     }
 
-    /// Checks a presented token against the record at `now_ms`.
+    /// Checks this presented token against `record` at `now_ms`.
     ///
     /// The secret is checked before anything else: someone without the secret learns only
     /// "wrong secret", never whether the token exists but is revoked, expired or used up.
-    pub fn check(&self, presented: &JoinToken, now_ms: u64) -> Result<(), TokenError> {
-        if presented.id != self.id {
-            return Err(TokenError::UnknownToken(presented.id.clone()));
+    pub fn check_against(&self, record: &TokenRecord, now_ms: u64) -> Result<(), TokenError> {
+        if self.id != record.id {
+            return Err(TokenError::UnknownToken(self.id.clone()));
         }
-        if !hashes_equal(&presented.secret_hash(), &self.secret_hash) {
+        if !hashes_equal(&self.secret_hash(), &record.secret_hash) {
             return Err(TokenError::WrongSecret);
         }
-        if self.revoked {
+        if record.revoked {
             return Err(TokenError::Revoked);
         }
-        if let Some(expires_ms) = self.expires_ms {
+        if let Some(expires_ms) = record.expires_ms {
             if now_ms >= expires_ms {
                 return Err(TokenError::Expired { expired_ms: expires_ms });
             }
         }
-        if self.uses_left == Some(0) {
+        if record.uses_left == Some(0) {
             return Err(TokenError::UsedUp);
         }
         Ok(())
-    }
-
-    /// The record after one successful use (uses_left decremented; unlimited stays unlimited).
-    pub fn used(&self) -> Self {
-        Self { uses_left: self.uses_left.map(|n| n.saturating_sub(1)), ..self.clone() }
     }
 }
 

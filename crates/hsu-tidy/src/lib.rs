@@ -4,7 +4,8 @@
 //! file, so that one run lists everything that is wrong.
 //!
 //! Within each crate, the modules must not import one another in a circle: every module can
-//! then be read, and changed, knowing only those below it.
+//! then be read, and changed, knowing only those below it. The store's key prefixes are written
+//! in one file, `hsu_model::keys`; no other source (tests aside) spells one out.
 //!
 //! Manifests are parsed as TOML, so every dependency table counts: `[dependencies]`,
 //! `[dev-dependencies]`, `[build-dependencies]` and their `[target.'cfg(..)'.*]` forms.
@@ -180,6 +181,44 @@ pub fn check_source(path: &str, member: &str, text: &str) -> Vec<String> {
     problems
 }
 
+/// Where every key prefix of the store is written (`hsu_model::keys`).
+pub const KEYS_FILE: &str = "crates/hsu-model/src/keys.rs";
+
+/// The store's key prefixes as `keys.rs` declares them: the literal of each `Space::new` and of
+/// `USER_KV`.
+pub fn key_prefixes(keys_rs: &str) -> Vec<String> {
+    keys_rs
+        .lines()
+        .filter(|l| l.contains("Space::new(\"") || l.contains("USER_KV: &str"))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect()
+}
+
+/// The lines of a source file (not a test) that write a store key prefix as a string literal:
+/// keys are made by the spaces of `hsu_model::keys`, so that a key space has one definition.
+pub fn check_key_literals(path: &str, text: &str, prefixes: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+        for p in prefixes {
+            if line.contains(&format!("\"{p}")) {
+                problems.push(format!(
+                    "{path}:{}: writes the key prefix {p:?} itself; use the space in hsu_model::keys",
+                    n + 1
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// A test file, by path: `tests.rs`, anything under `tests/`, `benches/`, or cluster-tests.
+fn is_test_file(rel: &str) -> bool {
+    rel.ends_with("/tests.rs")
+        || rel.contains("/tests/")
+        || rel.contains("/benches/")
+        || rel.starts_with("cluster-tests/")
+}
+
 /// The modules of one crate (`src/x.rs` and `src/x/` are module `x`; `lib.rs`, `main.rs` and
 /// `bin/` are roots, left out; so are `tests.rs` files) and the other modules each names with a
 /// `crate::` path.
@@ -290,6 +329,16 @@ pub fn check_workspace(root: &Path) -> Vec<String> {
         (Ok(order), Ok(rules)) => problems.extend(check_dependencies(&members, &order, &rules)),
         (o, r) => problems.extend([o.err(), r.err()].into_iter().flatten()),
     }
+    let prefixes = match read(KEYS_FILE) {
+        Ok(text) => key_prefixes(&text),
+        Err(e) => {
+            problems.push(e);
+            Vec::new()
+        }
+    };
+    if prefixes.is_empty() {
+        problems.push(format!("{KEYS_FILE} declares no key prefix (`Space::new(\"...\")`)"));
+    }
     for m in &members {
         let circle = modules_in_circles(&module_imports(&root.join(&m.dir).join("src")));
         if !circle.is_empty() {
@@ -303,7 +352,12 @@ pub fn check_workspace(root: &Path) -> Vec<String> {
         for file in rust_files(&root.join(&m.dir)) {
             let rel = file.strip_prefix(root).unwrap_or(&file).display().to_string();
             match std::fs::read_to_string(&file) {
-                Ok(text) => problems.extend(check_source(&rel, &m.name, &text)),
+                Ok(text) => {
+                    problems.extend(check_source(&rel, &m.name, &text));
+                    if rel != KEYS_FILE && !is_test_file(&rel) {
+                        problems.extend(check_key_literals(&rel, &text, &prefixes));
+                    }
+                }
                 Err(e) => problems.push(format!("{rel}: {e}")),
             }
         }

@@ -145,6 +145,18 @@ fn sources_need_a_header_and_stay_off_the_raft_handle() {
 }
 
 #[test]
+fn a_key_prefix_written_outside_the_keys_file_is_found() {
+    let keys =
+        "pub const NODES: Space<ById, NodeRecord> = Space::new(\"/nodes/\");\npub const USER_KV: &str = \"/kv/\";\n";
+    let prefixes = key_prefixes(keys);
+    assert_eq!(prefixes, ["/nodes/", "/kv/"]);
+    let found =
+        check_key_literals("a.rs", "//! A.\nlet k = format!(\"/nodes/{id}\");\n// \"/kv/\" in a comment\n", &prefixes);
+    assert_eq!(found, ["a.rs:2: writes the key prefix \"/nodes/\" itself; use the space in hsu_model::keys"]);
+    assert!(check_key_literals("b.rs", "//! B.\nlet k = keys::NODES.key(id);\n", &prefixes).is_empty());
+}
+
+#[test]
 fn an_import_circle_between_modules_is_found() {
     let dir = std::env::temp_dir().join(format!("hsu-tidy-{}", std::process::id()));
     let src = dir.join("src");

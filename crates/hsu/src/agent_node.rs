@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hsu_agent::agent::{Agent, OnExit};
-use hsu_model::state::{self, Desired, InstanceRecord};
+use hsu_model::keys;
+use hsu_model::state::{Desired, InstanceRecord};
 use hsu_model::unit::UnitSpec;
 use hsu_model::{decode_record, encode_record, NodeId};
 use hsu_net::pki::{self, certs_from_pem, identity_of, Identity, RevocationAwareVerifier};
@@ -55,7 +56,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(4);
         let node = self.clone();
         tokio::spawn(async move {
-            let prefix = state::node_instances_prefix(id);
+            let prefix = keys::INSTANCES.of_node(id);
             loop {
                 let r = node.store().range_local(&KeyRange::Prefix(prefix.clone().into_bytes()), 0);
                 let instances = r.kvs.iter().filter_map(|kv| decode_record::<InstanceRecord>(&kv.value).ok()).collect();

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hsu_model::keys;
 use hsu_model::NodeId;
 use hsu_net::pki::{self, cert_der_to_pem, generate_csr, CertifiedKey, ClusterCa, API_SERVER_NAME};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
-use hsu_store::record::put;
 use hsu_store::{Member, Request, Txn};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -101,10 +101,10 @@ pub async fn init(opts: InitOptions) -> Result<Initialized, NodeError> {
     };
     let txn = Txn {
         success: vec![
-            put(records::CLUSTER, records::encode(&ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })?),
-            put(records::CA, records::encode(&CaRecord { cert_pem: ca.cert_pem().to_string() })?),
-            put(records::node_key(1), records::encode(&record)?),
-            put(records::NEXT_NODE_ID, records::encode(&2u64)?),
+            records::put(&keys::CLUSTER.key(()), &ClusterInfo { name: opts.cluster_name.clone(), created_ms: now })?,
+            records::put(&keys::CA.key(()), &CaRecord { cert_pem: ca.cert_pem().to_string() })?,
+            records::put(&keys::NODES.key(1), &record)?,
+            records::put(&keys::NEXT_NODE_ID.key(()), &2)?,
         ],
         ..Default::default()
     };

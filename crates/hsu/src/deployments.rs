@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use hsu_control::apply;
 use hsu_control::edit::{self, RolloutAction};
 use hsu_model::deploy::{parse_documents, Document, Object, Source};
-use hsu_model::state::{self, DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
+use hsu_model::keys::{self, At, Within};
+use hsu_model::state::{DeploymentRecord, Desired, InstanceRecord, JobRecord, NodeReport, RevisionRecord};
 use hsu_model::NodeId;
 use hsu_store::{Consistency, KeyRange, KeyValue, Request, Txn, Versioned};
 use serde::de::DeserializeOwned;
@@ -53,8 +54,9 @@ fn versioned<T>((kv, value): (KeyValue, T)) -> Versioned<T> {
 }
 
 impl Node {
-    async fn list_records<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(KeyValue, T)>, PeerError> {
-        let r = self.range(KeyRange::Prefix(prefix.as_bytes().to_vec()), 0, Consistency::Linearizable).await?;
+    /// The records in `within`, read linearizably.
+    async fn list_records<V: DeserializeOwned>(&self, within: &Within<V>) -> Result<Vec<(KeyValue, V)>, PeerError> {
+        let r = self.range(KeyRange::from(within), 0, Consistency::Linearizable).await?;
         r.kvs
             .into_iter()
             .map(|kv| {
@@ -65,8 +67,8 @@ impl Node {
     }
 
     /// The record at exactly `key`, with its key-value (for a compare on its mod revision).
-    async fn record_at<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(KeyValue, T)>, PeerError> {
-        let r = self.range(KeyRange::Key(key.as_bytes().to_vec()), 1, Consistency::Linearizable).await?;
+    async fn record_at<V: DeserializeOwned>(&self, at: &At<V>) -> Result<Option<(KeyValue, V)>, PeerError> {
+        let r = self.range(KeyRange::from(at), 1, Consistency::Linearizable).await?;
         r.kvs
             .into_iter()
             .next()
@@ -99,16 +101,16 @@ impl Node {
         for doc in docs {
             match &doc.object {
                 Object::Job(j) => {
-                    let key = state::job_key(j.metadata.namespace.as_str(), j.metadata.name.as_str());
+                    let key = keys::JOBS.key_of(j.metadata.namespace.as_str(), j.metadata.name.as_str());
                     if let Some(v) = self.record_at::<JobRecord>(&key).await?.map(versioned) {
-                        existing.jobs.insert(key, v);
+                        existing.jobs.insert(key.into(), v);
                     }
                 }
                 Object::Deployment(d) => {
                     let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
-                    let key = state::deployment_key(ns, name);
+                    let key = keys::DEPLOYMENTS.key_of(ns, name);
                     if let Some(v) = self.record_at::<DeploymentRecord>(&key).await?.map(versioned) {
-                        existing.deployments.insert(key, v);
+                        existing.deployments.insert(key.into(), v);
                     }
                     existing.revisions.insert(format!("{ns}/{name}"), self.revisions(ns, name).await?);
                 }
@@ -132,7 +134,7 @@ impl Node {
 
     /// Instances, optionally of one namespace and deployment, with their reported state.
     pub async fn instances_view(&self, namespace: &str, deployment: &str) -> Result<Vec<InstanceView>, PeerError> {
-        let instances: Vec<(KeyValue, InstanceRecord)> = self.list_records(state::INSTANCES).await?;
+        let instances: Vec<(KeyValue, InstanceRecord)> = self.list_records(&keys::INSTANCES.all()).await?;
         let reports = self.reports_view().await?;
         let by_node: BTreeMap<NodeId, (u64, &NodeReport)> =
             reports.reports.iter().map(|(id, age, r)| (*id, (*age, r))).collect();
@@ -175,7 +177,7 @@ impl Node {
     }
 
     pub async fn deployments_view(&self, namespace: &str, name: &str) -> Result<Vec<DeploymentView>, PeerError> {
-        let deployments: Vec<(KeyValue, DeploymentRecord)> = self.list_records(state::DEPLOYMENTS).await?;
+        let deployments: Vec<(KeyValue, DeploymentRecord)> = self.list_records(&keys::DEPLOYMENTS.all()).await?;
         let instances = self.instances_view(namespace, name).await?;
         let mut out = Vec::new();
         for (_, d) in deployments {
@@ -200,19 +202,19 @@ impl Node {
     }
 
     async fn deployment(&self, namespace: &str, name: &str) -> Result<Versioned<DeploymentRecord>, PeerError> {
-        let key = state::deployment_key(namespace, name);
+        let key = keys::DEPLOYMENTS.key_of(namespace, name);
         let found = self.record_at(&key).await?.map(versioned);
         found.ok_or_else(|| PeerError::NotFound(format!("deployment {namespace}/{name}")))
     }
 
     async fn job(&self, namespace: &str, name: &str) -> Result<Versioned<JobRecord>, PeerError> {
-        let key = state::job_key(namespace, name);
+        let key = keys::JOBS.key_of(namespace, name);
         let found = self.record_at(&key).await?.map(versioned);
         found.ok_or_else(|| PeerError::NotFound(format!("job {namespace}/{name}")))
     }
 
     pub async fn revisions(&self, namespace: &str, name: &str) -> Result<Vec<RevisionRecord>, PeerError> {
-        let r: Vec<(KeyValue, RevisionRecord)> = self.list_records(&state::revisions_prefix(namespace, name)).await?;
+        let r: Vec<(KeyValue, RevisionRecord)> = self.list_records(&keys::REVISIONS.of(namespace, name)).await?;
         Ok(r.into_iter().map(|(_, r)| r).collect())
     }
 
@@ -271,7 +273,7 @@ impl Node {
 impl Node {
     /// Jobs, optionally of one namespace and name.
     pub async fn jobs_view(&self, namespace: &str, name: &str) -> Result<Vec<JobRecord>, PeerError> {
-        let jobs: Vec<(KeyValue, JobRecord)> = self.list_records(state::JOBS).await?;
+        let jobs: Vec<(KeyValue, JobRecord)> = self.list_records(&keys::JOBS.all()).await?;
         Ok(jobs
             .into_iter()
             .map(|(_, j)| j)

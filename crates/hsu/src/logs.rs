@@ -2,7 +2,8 @@
 //! that serves the API asks each instance's node over QUIC (a server stream of `METHOD_LOGS`)
 //! and merges what comes back, line by line, each line marked with its instance.
 
-use hsu_model::state::{self, InstanceRecord, OwnerKind};
+use hsu_model::keys;
+use hsu_model::state::{InstanceRecord, OwnerKind};
 use hsu_model::{encode_record, NodeId};
 use hsu_store::{Consistency, KeyRange};
 use std::time::Duration;
@@ -60,8 +61,7 @@ impl Node {
         instance: Option<&str>,
         ask: LogAsk,
     ) -> Result<mpsc::Receiver<LogLines>, PeerError> {
-        let r =
-            self.range(KeyRange::Prefix(state::INSTANCES.as_bytes().to_vec()), 0, Consistency::Linearizable).await?;
+        let r = self.range(KeyRange::from(&keys::INSTANCES.all()), 0, Consistency::Linearizable).await?;
         let mut wanted: Vec<InstanceRecord> = Vec::new();
         for kv in r.kvs {
             let i: InstanceRecord = records::decode(&kv.key, &kv.value)?;
@@ -79,7 +79,7 @@ impl Node {
                 None => format!("instances of deployment {namespace}/{deployment}"),
             }));
         }
-        let nodes: Vec<NodeRecord> = self.list_local(records::NODES)?;
+        let nodes: Vec<NodeRecord> = self.list_local(&keys::NODES.all())?;
         let name_of = |id: NodeId| nodes.iter().find(|n| n.id == id).map_or(format!("node-{id}"), |n| n.name.clone());
         let (tx, rx) = mpsc::channel(64);
         for i in wanted {

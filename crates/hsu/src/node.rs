@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hsu_model::keys::{self, At};
 use hsu_model::NodeId;
 use hsu_net::pki::{self, certs_from_pem, identity_of, sha256, ClusterCa, Identity, RevocationCheck};
 use hsu_net::quic::{Endpoint, EndpointConfig, Handler, ALPN};
-use hsu_net::token::{JoinToken, TokenRecord};
-use hsu_store::record::{put, unchanged};
+use hsu_net::token::JoinToken;
+use hsu_store::record::unchanged;
 use hsu_store::{
-    Consistency, Error, KeyRange, LeaseId, Member, Op, RangeResult, Request, RequestId, Response, Store, StoreConfig,
-    Txn,
+    Consistency, Error, KeyRange, LeaseId, Member, RangeResult, Request, RequestId, Response, Store, StoreConfig, Txn,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -28,7 +28,7 @@ use crate::peer::{
     call_peer, CaKey, FromReply, HealthView, JoinGrant, JoinTicket, LastContact, PeerCallError, PeerError, PeerReply,
     PeerRequest, QuicRaftTransport, RoleWish,
 };
-use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
+use crate::records::{self, ApiRole, NodeRecord, RecordError, TokenEntry, TokenKind};
 use crate::removal::{Departure, Removal};
 
 mod admission;
@@ -162,7 +162,7 @@ impl Node {
             // Servers and agent-only nodes alike (`node_id`), at every handshake.
             Arc::new(move |identity: &Identity| match (identity.node_id(), store.get()) {
                 (Some(id), Some(store)) => {
-                    !store.range_local(&KeyRange::Key(records::revoked_key(id).into_bytes()), 1).kvs.is_empty()
+                    !store.range_local(&KeyRange::from(&keys::REVOKED.key(id)), 1).kvs.is_empty()
                 }
                 _ => false,
             })
@@ -237,7 +237,7 @@ impl Node {
             // it gets the least.
             Identity::Agent(_) | Identity::Admin(_) => return Role::Agent,
         };
-        let kv = self.store().range_local(&KeyRange::Key(records::node_key(id).into_bytes()), 1).kvs.into_iter().next();
+        let kv = self.store().range_local(&KeyRange::from(&keys::NODES.key(id)), 1).kvs.into_iter().next();
         if kv.and_then(|kv| records::decode::<NodeRecord>(&kv.key, &kv.value).ok()).is_some_and(|r| r.agent_only) {
             return Role::Agent;
         }
@@ -303,13 +303,13 @@ impl Node {
     /// again per request ([`Node::check_peer`]), so that a connection opened before the removal
     /// serves no more.
     pub fn is_revoked(&self, id: NodeId) -> bool {
-        !self.store().range_local(&KeyRange::Key(records::revoked_key(id).into_bytes()), 1).kvs.is_empty()
+        !self.store().range_local(&KeyRange::from(&keys::REVOKED.key(id)), 1).kvs.is_empty()
     }
 
     /// The nodes whose certificates were revoked, in this node's copy of the store.
     pub(crate) fn revoked_ids(&self) -> Vec<NodeId> {
-        let r = self.store().range_local(&KeyRange::Prefix(records::REVOKED.as_bytes().to_vec()), 0);
-        r.kvs.iter().filter_map(|kv| records::revoked_id(&kv.key)).collect()
+        let r = self.store().range_local(&KeyRange::from(&keys::REVOKED.all()), 0);
+        r.kvs.iter().filter_map(|kv| keys::REVOKED.id_of(&kv.key)).collect()
     }
 
     /// Checks that `cert_der` is the certificate node `id` was enrolled with, and that the node is
@@ -322,10 +322,10 @@ impl Node {
             return Err(format!("node {id}'s certificate was revoked"));
         }
         let store = self.store();
-        if store.range_local(&KeyRange::Prefix(records::NODES.as_bytes().to_vec()), 1).kvs.is_empty() {
+        if store.range_local(&KeyRange::from(&keys::NODES.all()), 1).kvs.is_empty() {
             return Ok(());
         }
-        let kv = store.range_local(&KeyRange::Key(records::node_key(id).into_bytes()), 1).kvs.into_iter().next();
+        let kv = store.range_local(&KeyRange::from(&keys::NODES.key(id)), 1).kvs.into_iter().next();
         let kv = kv.ok_or_else(|| format!("node {id} is not enrolled in this cluster"))?;
         let record: NodeRecord = records::decode(&kv.key, &kv.value).map_err(|e| e.to_string())?;
         // A node marked removed may still finish leaving: its record is marked before the
@@ -388,8 +388,12 @@ impl Node {
     }
 }
 
-fn put_if_unchanged(key: &str, revision: u64, value: Vec<u8>) -> Request {
-    Request::Txn(Txn { compare: vec![unchanged(key, revision)], success: vec![put(key, value)], failure: vec![] })
+fn put_if_unchanged<V: serde::Serialize>(at: &At<V>, revision: u64, value: &V) -> Result<Request, RecordError> {
+    Ok(Request::Txn(Txn {
+        compare: vec![unchanged(at, revision)],
+        success: vec![records::put(at, value)?],
+        failure: vec![],
+    }))
 }
 
 /// `(id, address)` of members with the voters first: who to follow and report through.

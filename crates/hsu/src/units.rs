@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use hsu_agent::agent::{Agent, OnExit};
 use hsu_agent::supervisor::{State, UnitStatus};
-use hsu_model::state::{self, Capacity, Desired, InstanceRecord, InstanceReport, NodeReport};
+use hsu_model::keys;
+use hsu_model::state::{Capacity, Desired, InstanceRecord, InstanceReport, NodeReport};
 use hsu_model::unit::UnitSpec;
 use hsu_store::KeyRange;
 use tokio::sync::watch;
@@ -117,7 +118,7 @@ impl StoreSource {
     }
 
     fn desired(&self) -> (Vec<UnitSpec>, u64) {
-        let prefix = state::node_instances_prefix(self.node.id());
+        let prefix = keys::INSTANCES.of_node(self.node.id());
         let r = self.node.store().range_local(&KeyRange::Prefix(prefix.into_bytes()), 0);
         let mut units = Vec::new();
         for kv in r.kvs {
@@ -135,7 +136,7 @@ impl DesiredSource for StoreSource {
     async fn next(&mut self) -> Option<(Vec<UnitSpec>, u64)> {
         if let Some(revision) = self.revision {
             // Wake on the next change under the prefix (or stop).
-            let prefix = state::node_instances_prefix(self.node.id()).into_bytes();
+            let prefix = keys::INSTANCES.of_node(self.node.id()).into_bytes();
             match self.node.store().watch(KeyRange::Prefix(prefix), revision + 1) {
                 Ok(mut watcher) => {
                     tokio::select! {

@@ -3,6 +3,7 @@
 
 use hsu_model::decode_record;
 use hsu_model::deploy::{parse_documents, Source};
+use hsu_model::keys;
 use hsu_store::CompareTarget;
 
 use super::*;
@@ -47,10 +48,10 @@ fn after(txn: &Txn, mut existing: Existing, mod_revision: u64) -> Existing {
         match op {
             Op::Put { key, value, .. } => {
                 let key = String::from_utf8_lossy(key).into_owned();
-                if key.starts_with(state::DEPLOYMENTS) {
+                if key.starts_with(keys::DEPLOYMENTS.prefix()) {
                     let value = decode_record(value).unwrap();
                     existing.deployments.insert(key.clone(), Versioned { key: key.into_bytes(), mod_revision, value });
-                } else if key.starts_with(state::REVISIONS) {
+                } else if key.starts_with(keys::REVISIONS.prefix()) {
                     existing.revisions.entry("default/web".into()).or_default().push(decode_record(value).unwrap());
                 } else {
                     let value = decode_record(value).unwrap();
@@ -63,7 +64,7 @@ fn after(txn: &Txn, mut existing: Existing, mod_revision: u64) -> Existing {
                     .revisions
                     .get_mut("default/web")
                     .unwrap()
-                    .retain(|r| state::revision_key("default", "web", r.number) != k);
+                    .retain(|r| keys::REVISIONS.key_of("default", "web", r.number).as_str() != k);
             }
             other => panic!("apply writes {other:?}"),
         }
@@ -82,16 +83,16 @@ fn new_objects_are_created_then_unchanged_then_configured() {
     assert_eq!(
         compares,
         [
-            (state::deployment_key("default", "web"), CompareTarget::ModRevision(0)),
-            (state::job_key("default", "batch"), CompareTarget::ModRevision(0)),
+            (keys::DEPLOYMENTS.key_of("default", "web").to_string(), CompareTarget::ModRevision(0)),
+            (keys::JOBS.key_of("default", "batch").to_string(), CompareTarget::ModRevision(0)),
         ]
     );
     assert_eq!(
         keys(&txn.success),
         [
-            format!("put {}", state::deployment_key("default", "web")),
-            format!("put {}", state::revision_key("default", "web", 1)),
-            format!("put {}", state::job_key("default", "batch")),
+            format!("put {}", keys::DEPLOYMENTS.key_of("default", "web")),
+            format!("put {}", keys::REVISIONS.key_of("default", "web", 1)),
+            format!("put {}", keys::JOBS.key_of("default", "batch")),
         ]
     );
 
@@ -109,8 +110,8 @@ fn new_objects_are_created_then_unchanged_then_configured() {
     assert_eq!(
         keys(&changed.success),
         [
-            format!("put {}", state::deployment_key("default", "web")),
-            format!("put {}", state::revision_key("default", "web", 2)),
+            format!("put {}", keys::DEPLOYMENTS.key_of("default", "web")),
+            format!("put {}", keys::REVISIONS.key_of("default", "web", 2)),
         ]
     );
     let existing = after(&changed, existing, 6);
@@ -119,9 +120,9 @@ fn new_objects_are_created_then_unchanged_then_configured() {
     assert_eq!(
         keys(&third.success),
         [
-            format!("put {}", state::deployment_key("default", "web")),
-            format!("put {}", state::revision_key("default", "web", 3)),
-            format!("delete {}", state::revision_key("default", "web", 1)),
+            format!("put {}", keys::DEPLOYMENTS.key_of("default", "web")),
+            format!("put {}", keys::REVISIONS.key_of("default", "web", 3)),
+            format!("delete {}", keys::REVISIONS.key_of("default", "web", 1)),
         ]
     );
 }

@@ -3,6 +3,7 @@
 
 use hsu_model::decode_record;
 use hsu_model::deploy::{parse_documents, Source};
+use hsu_model::keys;
 use hsu_store::CompareTarget;
 
 use super::*;
@@ -18,9 +19,9 @@ fn applied(yaml: &str) -> (Vec<Versioned<DeploymentRecord>>, Vec<RevisionRecord>
     let (mut deployments, mut revisions, mut jobs) = (vec![], vec![], vec![]);
     for op in txn.success {
         let Op::Put { key, value, .. } = op else { panic!("applying to an empty store only puts: {op:?}") };
-        if key.starts_with(state::DEPLOYMENTS.as_bytes()) {
+        if key.starts_with(keys::DEPLOYMENTS.prefix().as_bytes()) {
             deployments.push(Versioned { key, mod_revision: 7, value: decode_record(&value).unwrap() });
-        } else if key.starts_with(state::REVISIONS.as_bytes()) {
+        } else if key.starts_with(keys::REVISIONS.prefix().as_bytes()) {
             revisions.push(decode_record(&value).unwrap());
         } else {
             jobs.push(Versioned { key, mod_revision: 7, value: decode_record(&value).unwrap() });

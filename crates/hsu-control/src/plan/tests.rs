@@ -8,6 +8,7 @@ use std::time::Duration;
 use expect_test::{expect, Expect};
 use hsu_model::decode_record;
 use hsu_model::deploy::{parse_documents, Object, Source};
+use hsu_model::keys;
 use hsu_model::state::{Capacity, Phase};
 use hsu_store::CompareTarget;
 use proptest::prelude::*;
@@ -86,11 +87,11 @@ fn instance_of(rec: &DeploymentRecord, id: &str, node: NodeId, mod_revision: u64
         desired: Desired::Run,
         created_ms: 0,
     };
-    Versioned { key: state::instance_key(node, id).into_bytes(), mod_revision, value }
+    Versioned { key: keys::INSTANCES.key_of(node, id).into_bytes(), mod_revision, value }
 }
 
-fn versioned<T>(key: String, mod_revision: u64, value: T) -> Versioned<T> {
-    Versioned { key: key.into_bytes(), mod_revision, value }
+fn versioned<T>(key: impl Into<String>, mod_revision: u64, value: T) -> Versioned<T> {
+    Versioned { key: key.into().into_bytes(), mod_revision, value }
 }
 
 /// The writes as text: every compare, and every put or delete with what it writes.
@@ -106,10 +107,10 @@ fn render(writes: &[Write]) -> String {
             match op {
                 Op::Put { key, value, .. } => {
                     let key = String::from_utf8_lossy(key);
-                    let what = if key.starts_with(state::INSTANCES) {
+                    let what = if key.starts_with(keys::INSTANCES.prefix()) {
                         let i: InstanceRecord = decode_record(value).unwrap();
                         format!("instance rev {} {:?}", i.revision, i.desired)
-                    } else if key.starts_with(state::DEPLOYMENTS) {
+                    } else if key.starts_with(keys::DEPLOYMENTS.prefix()) {
                         let d: DeploymentRecord = decode_record(value).unwrap();
                         let event = d.events.last().map_or(String::new(), |e| format!(" last event {:?}", e.message));
                         format!("deployment steps {} {:?} unplaced {:?}{event}", d.steps, d.phase, d.unplaced)
@@ -143,7 +144,7 @@ fn check(snap: &Snapshot, expected: Expect) {
 /// A snapshot that holds deployment `default/web` (record at `mod_revision`) and its revisions.
 fn web(rec: DeploymentRecord, revisions: Vec<RevisionRecord>, mod_revision: u64) -> Snapshot {
     Snapshot {
-        deployments: vec![versioned(state::deployment_key("default", "web"), mod_revision, rec)],
+        deployments: vec![versioned(keys::DEPLOYMENTS.key_of("default", "web"), mod_revision, rec)],
         revisions: BTreeMap::from([("default/web".to_string(), revisions)]),
         ..Snapshot::default()
     }
@@ -232,7 +233,7 @@ fn orphans_are_stopped_or_deleted_and_undecodable_owners_keep_theirs() {
     kept.value.owner = "broken".into();
     let snap = Snapshot {
         instances: vec![gone, old, stopped, kept],
-        undecodable_owners: [state::deployment_key("default", "broken").into_bytes()].into(),
+        undecodable_owners: [keys::DEPLOYMENTS.key_of("default", "broken").into_bytes()].into(),
         reports: two_nodes([vec![running("web-a", 1_000), running("web-d", 1_000)], vec![running("web-b", 1_000)]], 13),
         leading_for: Duration::from_secs(60),
         ..web(again, revisions, 9)
@@ -269,7 +270,7 @@ fn without_nodes_nothing_is_placed_and_the_record_says_why_once() {
     );
     // The next pass, from the record it wrote: the same reason is not written again.
     let Op::Put { value, .. } = &writes[0].txn.success[0] else { panic!() };
-    snap.deployments[0] = versioned(state::deployment_key("default", "web"), 8, decode_record(value).unwrap());
+    snap.deployments[0] = versioned(keys::DEPLOYMENTS.key_of("default", "web"), 8, decode_record(value).unwrap());
     check(&snap, expect!["no writes\n"]);
 }
 
@@ -277,7 +278,7 @@ fn without_nodes_nothing_is_placed_and_the_record_says_why_once() {
 fn a_job_starts_its_first_run() {
     let rec = job_record("  completions: 2\n  parallelism: 2\n");
     let snap = Snapshot {
-        jobs: vec![versioned(state::job_key("default", "batch"), 5, rec)],
+        jobs: vec![versioned(keys::JOBS.key_of("default", "batch"), 5, rec)],
         reports: two_nodes([vec![], vec![]], 5),
         ..Snapshot::default()
     };
@@ -313,13 +314,16 @@ fn taken_ids_are_drawn_again() {
         .success
         .iter()
         .filter_map(|op| match op {
-            Op::Put { key, .. } if key.starts_with(state::INSTANCES.as_bytes()) => {
+            Op::Put { key, .. } if key.starts_with(keys::INSTANCES.prefix().as_bytes()) => {
                 Some(String::from_utf8_lossy(key).into_owned())
             }
             _ => None,
         })
         .collect();
-    assert_eq!(keys, [state::instance_key(1, "web-000001"), state::instance_key(2, "web-000002")]);
+    assert_eq!(
+        keys,
+        [keys::INSTANCES.key_of(1, "web-000001").to_string(), keys::INSTANCES.key_of(2, "web-000002").to_string()]
+    );
 }
 
 // ----- the plan against a simulated cluster -----
@@ -398,7 +402,7 @@ impl Sim {
     fn new(rec: DeploymentRecord, revisions: Vec<RevisionRecord>) -> Sim {
         let mut kv = Kv::default();
         kv.commit(&Txn {
-            success: vec![put(state::deployment_key("default", "web").into_bytes(), encode(&rec).unwrap())],
+            success: vec![put(keys::DEPLOYMENTS.key_of("default", "web").into_bytes(), encode(&rec).unwrap())],
             ..Txn::default()
         });
         let nodes = (1..=NODES).map(|id| (id, SimNode { up: true, ..SimNode::default() })).collect();
@@ -406,11 +410,11 @@ impl Sim {
     }
 
     fn record(&self) -> DeploymentRecord {
-        self.kv.list::<DeploymentRecord>(state::DEPLOYMENTS).remove(0).value
+        self.kv.list::<DeploymentRecord>(keys::DEPLOYMENTS.prefix()).remove(0).value
     }
 
     fn instances(&self) -> Vec<InstanceRecord> {
-        self.kv.list::<InstanceRecord>(state::INSTANCES).into_iter().map(|v| v.value).collect()
+        self.kv.list::<InstanceRecord>(keys::INSTANCES.prefix()).into_iter().map(|v| v.value).collect()
     }
 
     /// Instances that run, are ready and are not being stopped, by what the nodes really do.
@@ -471,9 +475,9 @@ impl Sim {
             })
             .collect();
         let snap = Snapshot {
-            deployments: self.kv.list(state::DEPLOYMENTS),
+            deployments: self.kv.list(keys::DEPLOYMENTS.prefix()),
             revisions: BTreeMap::from([("default/web".to_string(), self.revisions.clone())]),
-            instances: self.kv.list(state::INSTANCES),
+            instances: self.kv.list(keys::INSTANCES.prefix()),
             reports,
             leading_for: Duration::from_secs(3600),
             ..Snapshot::default()
@@ -537,7 +541,7 @@ proptest! {
             if t == update_at {
                 let yaml = format!("apiVersion: hsu/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  template: {{command: [b]}}\n  strategy: {strategy}\n");
                 let Object::Deployment(d) = parse(&yaml) else { unreachable!() };
-                let kv = sim.kv.list::<DeploymentRecord>(state::DEPLOYMENTS).remove(0);
+                let kv = sim.kv.list::<DeploymentRecord>(keys::DEPLOYMENTS.prefix()).remove(0);
                 let a = rollout::apply(Some(&kv.value), &sim.revisions, &d, "uid-1", sim.step * STEP_MS);
                 sim.revisions.extend(a.new_revision);
                 let txn = Txn {

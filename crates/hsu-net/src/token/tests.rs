@@ -129,7 +129,7 @@ fn debug_does_not_contain_the_secret() {
 #[test]
 fn record_does_not_store_the_secret() {
     let t = token();
-    let record = TokenRecord::new(&t, 1_000, Some(500), Some(1), "ci runner".to_owned());
+    let record = t.record(1_000, Some(500), Some(1), "ci runner".to_owned());
     assert_eq!(record.secret_hash, crate::pki::sha256(t.secret.as_bytes()));
     assert!(!format!("{record:?}").contains(&t.secret));
     assert_eq!(record.expires_ms, Some(1_500));
@@ -140,8 +140,8 @@ fn record_does_not_store_the_secret() {
 #[test]
 fn check_accepts_a_valid_token() {
     let t = token();
-    let record = TokenRecord::new(&t, 1_000, Some(500), Some(3), String::new());
-    assert_eq!(record.check(&t, 1_499), Ok(()));
+    let record = t.record(1_000, Some(500), Some(3), String::new());
+    assert_eq!(t.check_against(&record, 1_499), Ok(()));
 }
 
 #[test]
@@ -149,38 +149,38 @@ fn check_rejects_wrong_secret_first() {
     let t = token();
     // The record is revoked, expired and used up, yet a caller without the secret must learn
     // only that the secret is wrong.
-    let mut record = TokenRecord::new(&t, 1_000, Some(10), Some(0), String::new());
+    let mut record = t.record(1_000, Some(10), Some(0), String::new());
     record.revoked = true;
     let mut guess = t.clone();
     guess.secret = "ffffffffffffffff".to_owned();
-    assert_eq!(record.check(&guess, 5_000), Err(TokenError::WrongSecret));
+    assert_eq!(guess.check_against(&record, 5_000), Err(TokenError::WrongSecret));
 }
 
 #[test]
 fn check_rejects_other_id() {
     let t = token();
-    let record = TokenRecord::new(&t, 0, None, None, String::new());
+    let record = t.record(0, None, None, String::new());
     let mut other = t.clone();
     other.id = "zzzzzz".to_owned();
-    assert_eq!(record.check(&other, 0), Err(TokenError::UnknownToken("zzzzzz".to_owned())));
+    assert_eq!(other.check_against(&record, 0), Err(TokenError::UnknownToken("zzzzzz".to_owned())));
 }
 
 #[test]
 fn check_rejects_expired() {
     let t = token();
-    let record = TokenRecord::new(&t, 1_000, Some(500), None, String::new());
-    assert_eq!(record.check(&t, 1_499), Ok(()));
-    assert_eq!(record.check(&t, 1_500), Err(TokenError::Expired { expired_ms: 1_500 }));
+    let record = t.record(1_000, Some(500), None, String::new());
+    assert_eq!(t.check_against(&record, 1_499), Ok(()));
+    assert_eq!(t.check_against(&record, 1_500), Err(TokenError::Expired { expired_ms: 1_500 }));
 }
 
 #[test]
 fn check_rejects_used_up() {
     let t = token();
-    let record = TokenRecord::new(&t, 0, None, Some(1), String::new());
-    assert_eq!(record.check(&t, 0), Ok(()));
+    let record = t.record(0, None, Some(1), String::new());
+    assert_eq!(t.check_against(&record, 0), Ok(()));
     let after = record.used();
     assert_eq!(after.uses_left, Some(0));
-    assert_eq!(after.check(&t, 0), Err(TokenError::UsedUp));
+    assert_eq!(t.check_against(&after, 0), Err(TokenError::UsedUp));
     // Using a used-up record again does not wrap around.
     assert_eq!(after.used().uses_left, Some(0));
 }
@@ -188,33 +188,33 @@ fn check_rejects_used_up() {
 #[test]
 fn unlimited_uses_stay_unlimited() {
     let t = token();
-    let record = TokenRecord::new(&t, 0, None, None, String::new());
+    let record = t.record(0, None, None, String::new());
     assert_eq!(record.used().used().uses_left, None);
-    assert_eq!(record.used().check(&t, 0), Ok(()));
+    assert_eq!(t.check_against(&record.used(), 0), Ok(()));
 }
 
 #[test]
 fn check_rejects_revoked() {
     let t = token();
-    let mut record = TokenRecord::new(&t, 0, None, None, String::new());
+    let mut record = t.record(0, None, None, String::new());
     record.revoked = true;
-    assert_eq!(record.check(&t, 0), Err(TokenError::Revoked));
+    assert_eq!(t.check_against(&record, 0), Err(TokenError::Revoked));
 }
 
 #[test]
 fn ttl_none_never_expires() {
     let t = token();
-    let record = TokenRecord::new(&t, 1_000, None, None, String::new());
+    let record = t.record(1_000, None, None, String::new());
     assert_eq!(record.expires_ms, None);
-    assert_eq!(record.check(&t, u64::MAX), Ok(()));
+    assert_eq!(t.check_against(&record, u64::MAX), Ok(()));
 }
 
 #[test]
 fn huge_ttl_saturates_instead_of_wrapping() {
     let t = token();
-    let record = TokenRecord::new(&t, 1_000, Some(u64::MAX), None, String::new());
+    let record = t.record(1_000, Some(u64::MAX), None, String::new());
     assert_eq!(record.expires_ms, Some(u64::MAX));
-    assert_eq!(record.check(&t, 2_000), Ok(()));
+    assert_eq!(t.check_against(&record, 2_000), Ok(()));
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use hsu_model::keys;
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, principal, Need, Principal};
 use crate::node::Node;
 use crate::peer::{JoinGrant, JoinTicket, PeerRequest, RoleWish};
-use crate::records::{self, ApiRole, NodeRecord, TokenEntry, TokenKind};
+use crate::records::{ApiRole, TokenEntry, TokenKind};
 
 pub struct ClusterApi {
     pub node: Node,
@@ -73,7 +74,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn list_nodes(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         authorize(&self.node, &req, Need::Read)?;
         let membership = self.node.store().members();
-        let nodes = self.node.list_local::<NodeRecord>(records::NODES).map_err(Status::from)?;
+        let nodes = self.node.list_local(&keys::NODES.all()).map_err(Status::from)?;
         // Health and resources come from the leader's memory; without a leader, none are known.
         let reports = tokio::time::timeout(Duration::from_secs(1), self.node.reports_view())
             .await
@@ -176,7 +177,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         authorize(&self.node, &req, Need::Write)?;
-        let tokens = self.node.list_local::<TokenEntry>(records::TOKENS).map_err(Status::from)?;
+        let tokens = self.node.list_local(&keys::TOKENS.all()).map_err(Status::from)?;
         Ok(Response::new(pb::ListTokensResponse { tokens: tokens.into_iter().map(token_info).collect() }))
     }
 

@@ -9,7 +9,7 @@ use tonic::Status;
 
 /// Keys of the KV API live under this prefix of the store. The cluster's own records (nodes,
 /// tokens, the CA) live outside it, so no KV call can read or change them, whatever its role.
-pub const USER_PREFIX: &[u8] = b"/kv/";
+pub const USER_PREFIX: &[u8] = hsu_model::keys::USER_KV.as_bytes();
 
 /// A key as the KV API's client wrote it, made into a store key.
 pub fn internal(key: &[u8]) -> Vec<u8> {

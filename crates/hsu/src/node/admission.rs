@@ -5,6 +5,7 @@
 //! carry out the answer; the tests here assert on the answers.
 
 use super::*;
+use hsu_model::keys;
 
 /// What the leader read for a join.
 pub(crate) struct JoinView<'a> {
@@ -32,7 +33,7 @@ pub(crate) fn admit(view: &JoinView<'_>) -> Result<Admission, PeerError> {
     if entry.kind != TokenKind::Join {
         return Err(PeerError::Denied("an API token cannot be used to join".into()));
     }
-    entry.record.check(view.token, view.now_ms).map_err(|e| PeerError::Denied(format!("join token: {e}")))?;
+    view.token.check_against(&entry.record, view.now_ms).map_err(|e| PeerError::Denied(format!("join token: {e}")))?;
     if view.nodes.iter().any(|n| !n.removed && n.name == view.ticket.name) {
         return Err(PeerError::Invalid(format!("a node named {:?} is already in the cluster", view.ticket.name)));
     }
@@ -45,18 +46,18 @@ pub(crate) fn admit(view: &JoinView<'_>) -> Result<Admission, PeerError> {
 /// record, compared on the token's and the counter's mod revisions (a concurrent join makes it
 /// fail as a whole, and the leader reads again).
 pub(crate) fn enrollment(
-    token_key: &str,
+    token_key: &At<TokenEntry>,
     token_revision: u64,
     entry: &TokenEntry,
     counter_revision: u64,
     record: &NodeRecord,
 ) -> Result<Txn, crate::records::RecordError> {
     Ok(Txn {
-        compare: vec![unchanged(token_key, token_revision), unchanged(records::NEXT_NODE_ID, counter_revision)],
+        compare: vec![unchanged(token_key, token_revision), unchanged(keys::NEXT_NODE_ID.key(()), counter_revision)],
         success: vec![
-            put(token_key, records::encode(&TokenEntry { record: entry.record.used(), ..entry.clone() })?),
-            put(records::NEXT_NODE_ID, records::encode(&(record.id + 1))?),
-            put(records::node_key(record.id), records::encode(record)?),
+            records::put(token_key, &TokenEntry { record: entry.record.used(), ..entry.clone() })?,
+            records::put(&keys::NEXT_NODE_ID.key(()), &(record.id + 1))?,
+            records::put(&keys::NODES.key(record.id), record)?,
         ],
         failure: vec![],
     })

@@ -2,6 +2,7 @@
 //! memory), and the cluster status any node answers.
 
 use super::*;
+use hsu_model::keys;
 
 impl Node {
     pub(super) fn health_as_leader(&self) -> Result<HealthView, PeerError> {
@@ -25,7 +26,7 @@ impl Node {
         let status = self.store().status();
         let health: HealthView = self.leader_call(PeerRequest::Health).await.unwrap_or_default();
         let nodes: BTreeMap<NodeId, NodeRecord> =
-            self.list_local::<NodeRecord>(records::NODES)?.into_iter().map(|n| (n.id, n)).collect();
+            self.list_local(&keys::NODES.all())?.into_iter().map(|n| (n.id, n)).collect();
         let membership = &status.members;
         let mut members = Vec::new();
         for (id, member) in membership.nodes() {

@@ -3,6 +3,7 @@
 //! directory).
 
 use super::*;
+use hsu_model::keys;
 
 impl Node {
     // ----- the CA key, on voters -----
@@ -82,7 +83,7 @@ impl Node {
     /// Where to send what a learner may not forward: the voters' API addresses.
     pub(super) fn voter_hint(&self) -> String {
         let voters: Vec<NodeId> = self.store().members().voter_ids().collect();
-        let nodes = self.list_local::<NodeRecord>(records::NODES).unwrap_or_default();
+        let nodes = self.list_local(&keys::NODES.all()).unwrap_or_default();
         let apis: Vec<String> = nodes
             .iter()
             .filter(|n| voters.contains(&n.id) && !n.removed)

@@ -3,6 +3,7 @@
 //! a node, and a member's new address; one membership change at a time.
 
 use super::*;
+use hsu_model::keys;
 
 impl Node {
     // ----- membership, on the leader -----
@@ -16,15 +17,15 @@ impl Node {
         validate_name(&ticket.name).map_err(PeerError::Invalid)?;
         let ca = self.cluster_ca().await?;
         let cluster: records::ClusterInfo = self
-            .get_record(records::CLUSTER)
+            .get_record(&keys::CLUSTER.key(()))
             .await?
             .ok_or_else(|| PeerError::Internal("cluster info is missing".into()))?;
         for _attempt in 0..20 {
-            let token_key = records::token_key(&token.id);
+            let token_key = keys::TOKENS.key(&token.id);
             let tok = self.store().get(token_key.clone(), Consistency::Linearizable).await?;
             let entry: Option<TokenEntry> = tok.as_ref().map(|t| records::decode(&t.key, &t.value)).transpose()?;
-            let nodes = self.list_local::<NodeRecord>(records::NODES)?;
-            let next = self.store().get(records::NEXT_NODE_ID, Consistency::Linearizable).await?;
+            let nodes = self.list_local(&keys::NODES.all())?;
+            let next = self.store().get(keys::NEXT_NODE_ID.key(()), Consistency::Linearizable).await?;
             let next = next.ok_or_else(|| PeerError::Internal("node id counter is missing".into()))?;
             let next_id: NodeId = records::decode(&next.key, &next.value)?;
             let view = admission::JoinView {
@@ -79,7 +80,7 @@ impl Node {
         target_voters: u32,
     ) -> Result<String, PeerError> {
         self.must_lead()?;
-        let record: Option<NodeRecord> = self.get_record(&records::node_key(id)).await?;
+        let record: Option<NodeRecord> = self.get_record(&keys::NODES.key(id)).await?;
         let members = self.store().members();
         let voter = match admission::place_member(id, record.as_ref(), &members, wish, target_voters)? {
             admission::Placement::AlreadyVoter => return Ok("voter".into()),
@@ -101,7 +102,7 @@ impl Node {
     pub(super) async fn remove_member_as_leader(&self, id: NodeId, revoke: bool) -> Result<(), PeerError> {
         self.must_lead()?;
         let in_membership = self.store().members().contains(id);
-        if !in_membership && self.get_record::<NodeRecord>(&records::node_key(id)).await?.is_none() {
+        if !in_membership && self.get_record::<NodeRecord>(&keys::NODES.key(id)).await?.is_none() {
             return Err(PeerError::NotFound(format!("node {id}")));
         }
         if revoke && id == self.id() {
@@ -112,12 +113,12 @@ impl Node {
         }
         if revoke {
             // Revoke first: from now on its certificate opens no connection, whatever follows.
-            self.put_record(&records::revoked_key(id), &records::now_ms()).await?;
+            self.put_record(&keys::REVOKED.key(id), &records::now_ms()).await?;
         }
         // Recorded before the membership change, because a leader that removes itself can no
         // longer write once the change has committed.
         match self
-            .update_record(&records::node_key(id), &format!("node {id}"), |r: &mut NodeRecord| r.removed = true)
+            .update_record(&keys::NODES.key(id), &format!("node {id}"), |r: &mut NodeRecord| r.removed = true)
             .await
         {
             Ok(()) | Err(PeerError::NotFound(_)) => {}
@@ -135,7 +136,7 @@ impl Node {
     pub(super) async fn update_address_as_leader(&self, id: NodeId, addr: String) -> Result<(), PeerError> {
         self.must_lead()?;
         let record: NodeRecord =
-            self.get_record(&records::node_key(id)).await?.ok_or_else(|| PeerError::NotFound(format!("node {id}")))?;
+            self.get_record(&keys::NODES.key(id)).await?.ok_or_else(|| PeerError::NotFound(format!("node {id}")))?;
         let in_membership = self.store().members().contains(id);
         if in_membership {
             let _one_at_a_time = self.inner.membership.lock().await;
@@ -146,7 +147,7 @@ impl Node {
                 .await
                 .map_err(|_| Error::Timeout(timeout))??;
         }
-        self.update_record(&records::node_key(id), &format!("node {id}"), |r: &mut NodeRecord| r.address = addr.clone())
+        self.update_record(&keys::NODES.key(id), &format!("node {id}"), |r: &mut NodeRecord| r.address = addr.clone())
             .await
     }
 

@@ -3,6 +3,8 @@
 //! node asks of this one is handled here when it leads; the store's records read and written
 //! through the leader.
 
+use hsu_model::keys::{At, Within};
+
 use super::*;
 
 impl Node {
@@ -209,18 +211,20 @@ impl Node {
         self.leader_call(PeerRequest::KeepAlive(id)).await
     }
 
-    pub(super) async fn get_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PeerError> {
-        let kv = self.store().get(key, Consistency::Linearizable).await?;
+    /// The record at `at`, read linearizably.
+    pub(super) async fn get_record<V: DeserializeOwned>(&self, at: &At<V>) -> Result<Option<V>, PeerError> {
+        let kv = self.store().get(at.as_str(), Consistency::Linearizable).await?;
         kv.map(|kv| records::decode(&kv.key, &kv.value)).transpose().map_err(PeerError::from)
     }
 
-    pub(super) async fn put_record<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<u64, PeerError> {
-        Ok(self.store().put(key, records::encode(value)?, 0).await?.0)
+    pub(super) async fn put_record<V: serde::Serialize>(&self, at: &At<V>, value: &V) -> Result<u64, PeerError> {
+        Ok(self.store().put(at.as_str(), records::encode(value)?, 0).await?.0)
     }
 
-    /// Records of kind `T` under `prefix`, from this node's state machine.
-    pub fn list_local<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, crate::records::RecordError> {
-        let r = self.store().range_local(&KeyRange::Prefix(prefix.as_bytes().to_vec()), 0);
+    /// The records in `within`, from this node's state machine; one that does not decode is an
+    /// error naming its key.
+    pub fn list_local<V: DeserializeOwned>(&self, within: &Within<V>) -> Result<Vec<V>, crate::records::RecordError> {
+        let r = self.store().range_local(&KeyRange::from(within), 0);
         r.kvs.iter().map(|kv| records::decode(&kv.key, &kv.value)).collect()
     }
 }

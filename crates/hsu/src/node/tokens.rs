@@ -2,6 +2,7 @@
 //! stored), and API tokens checked against this node's copy of the records.
 
 use super::*;
+use hsu_model::keys::{self, At};
 
 impl Node {
     // ----- tokens -----
@@ -17,14 +18,9 @@ impl Node {
     ) -> Result<(JoinToken, TokenEntry), PeerError> {
         let token = JoinToken::generate(self.ca_fingerprint()).map_err(|e| PeerError::Denied(e.to_string()))?;
         let ttl_ms = ttl.map(|t| t.as_millis() as u64);
-        let entry =
-            TokenEntry { kind, role, record: TokenRecord::new(&token, records::now_ms(), ttl_ms, uses, description) };
+        let entry = TokenEntry { kind, role, record: token.record(records::now_ms(), ttl_ms, uses, description) };
         let req = Request::Txn(Txn {
-            success: vec![Op::Put {
-                key: records::token_key(&token.id).into_bytes(),
-                value: records::encode(&entry)?,
-                lease: 0,
-            }],
+            success: vec![records::put(&keys::TOKENS.key(&token.id), &entry)?],
             ..Default::default()
         });
         self.propose(req).await?;
@@ -34,28 +30,33 @@ impl Node {
     /// Marks a token revoked. A join that uses the token at the same moment changes its record
     /// too; the write compares on the record's revision, and a lost race is read and tried again.
     pub async fn revoke_token(&self, id: &str) -> Result<(), PeerError> {
-        let key = records::token_key(id);
+        let key = keys::TOKENS.key(id);
         self.update_record(&key, &format!("token {id:?}"), |entry: &mut TokenEntry| entry.record.revoked = true).await
     }
 
     /// Reads the record at `key` linearizably, changes it with `change` and writes it back with a
     /// compare on the revision it was read at, again until no other writer came between. `what`
     /// names it in a not-found error.
-    pub(super) async fn update_record<T>(&self, key: &str, what: &str, change: impl Fn(&mut T)) -> Result<(), PeerError>
+    pub(super) async fn update_record<V>(
+        &self,
+        at: &At<V>,
+        what: &str,
+        change: impl Fn(&mut V),
+    ) -> Result<(), PeerError>
     where
-        T: DeserializeOwned + serde::Serialize,
+        V: DeserializeOwned + serde::Serialize,
     {
         for _attempt in 0..20 {
             let kv = self
-                .range(KeyRange::Key(key.as_bytes().to_vec()), 1, Consistency::Linearizable)
+                .range(KeyRange::from(at), 1, Consistency::Linearizable)
                 .await?
                 .kvs
                 .into_iter()
                 .next()
                 .ok_or_else(|| PeerError::NotFound(what.to_string()))?;
-            let mut record: T = records::decode(&kv.key, &kv.value)?;
+            let mut record: V = records::decode(&kv.key, &kv.value)?;
             change(&mut record);
-            match self.propose(put_if_unchanged(key, kv.mod_revision, records::encode(&record)?)).await? {
+            match self.propose(put_if_unchanged(at, kv.mod_revision, &record)?).await? {
                 Response::Txn(t) if t.succeeded => return Ok(()),
                 Response::Txn(_) => continue,
                 other => return Err(PeerError::Internal(format!("a transaction was answered {other:?}"))),
@@ -67,14 +68,14 @@ impl Node {
     /// Checks a bearer API token against this node's copy of the token records.
     pub fn check_api_token(&self, presented: &str) -> Result<ApiRole, String> {
         let token = JoinToken::parse(presented).map_err(|e| e.to_string())?;
-        let key = records::token_key(&token.id);
+        let key = keys::TOKENS.key(&token.id);
         let kv = self.store().range_local(&KeyRange::Key(key.into_bytes()), 1).kvs.into_iter().next();
         let kv = kv.ok_or_else(|| "unknown token".to_string())?;
         let entry: TokenEntry = records::decode(&kv.key, &kv.value).map_err(|e| e.to_string())?;
         if entry.kind != TokenKind::Api {
             return Err("a join token is not an API credential".into());
         }
-        entry.record.check(&token, records::now_ms()).map_err(|e| e.to_string())?;
+        token.check_against(&entry.record, records::now_ms()).map_err(|e| e.to_string())?;
         Ok(entry.role)
     }
 }

@@ -229,7 +229,7 @@ impl TestCluster {
         // The KV API cannot reach the cluster's own records, so this one is read from the store.
         let next = self
             .first
-            .range(KeyRange::Key(hsu::records::NEXT_NODE_ID.into()), 1, Consistency::Linearizable)
+            .range(KeyRange::Key(hsu_model::keys::NEXT_NODE_ID.prefix().into()), 1, Consistency::Linearizable)
             .await
             .expect("read the next node id");
         let next = next.kvs.first().expect("init writes the next node id");

@@ -50,7 +50,11 @@ async fn calls_without_valid_credentials_are_unauthenticated() {
             assert!(msg.starts_with("API token refused: "), "{who}: {msg}");
             assert!(!msg.contains("malformed join token") && !msg.contains("unknown join token"), "{who}: {msg}");
         }
-        assert_eq!(code(kv.range(get(hsu::records::CA.as_bytes())).await), Code::Unauthenticated, "range with {who}");
+        assert_eq!(
+            code(kv.range(get(hsu_model::keys::CA.prefix().as_bytes())).await),
+            Code::Unauthenticated,
+            "range with {who}"
+        );
         assert_eq!(code(kv.put(put(key, b"forged")).await), Code::Unauthenticated, "put with {who}");
         let token = pb::CreateTokenRequest { kind: pb::TokenKind::Api as i32, ..Default::default() };
         assert_eq!(code(cluster.create_token(token).await), Code::Unauthenticated, "create a token with {who}");

@@ -35,14 +35,17 @@ fn privileged(me: u64, join_token: &str) -> Vec<(&'static str, PeerRequest)> {
         agent_only: false,
     };
     vec![
-        ("a range of the CA record", PeerRequest::Range { range: KeyRange::Key(hsu::records::CA.into()), limit: 0 }),
+        (
+            "a range of the CA record",
+            PeerRequest::Range { range: KeyRange::Key(hsu_model::keys::CA.prefix().into()), limit: 0 },
+        ),
         (
             "a range of the tokens",
-            PeerRequest::Range { range: KeyRange::Prefix(hsu::records::TOKENS.into()), limit: 0 },
+            PeerRequest::Range { range: KeyRange::Prefix(hsu_model::keys::TOKENS.prefix().into()), limit: 0 },
         ),
         ("a range of every key", PeerRequest::Range { range: KeyRange::Prefix(Vec::new()), limit: 0 }),
         ("a write", put_request(b"/t60/forged", b"forged".to_vec())),
-        ("a write revoking node 1", put_request(hsu::records::revoked_key(1).as_bytes(), b"0".to_vec())),
+        ("a write revoking node 1", put_request(hsu_model::keys::REVOKED.key(1).as_bytes(), b"0".to_vec())),
         ("a lease keep-alive", PeerRequest::KeepAlive(1)),
         ("an enrollment with a valid token", PeerRequest::Join(ticket)),
         ("its own promotion to voter", PeerRequest::AddMember { id: me, role: RoleWish::Voter, target_voters: 3 }),
@@ -194,7 +197,7 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
     // The voter's own certificate gets the same requests served: the table refused them, not
     // some other failure. Its range of the CA record holds the certificate and no key.
     let voter = quic_client(&c.admin_conf.ca, Some(&c.pki_of("n1").node), DEFAULT_MAX_FRAME);
-    let range = PeerRequest::Range { range: KeyRange::Key(hsu::records::CA.into()), limit: 0 };
+    let range = PeerRequest::Range { range: KeyRange::Key(hsu_model::keys::CA.prefix().into()), limit: 0 };
     let reply = peer_call(&voter, &c.first, &range).await;
     let Ok(Ok(PeerReply::Range(r))) = reply else { panic!("the voter's range failed: {reply:?}") };
     assert_eq!(r.kvs.len(), 1, "the CA record is there");

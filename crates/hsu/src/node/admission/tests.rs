@@ -2,7 +2,9 @@
 //! voter autopilot puts a node; a property test that any sequence of automatic joins fills the
 //! voters up to the target and never past it.
 
-use hsu_store::CompareTarget;
+use hsu_model::cluster::TokenRecord;
+use hsu_model::keys;
+use hsu_store::{CompareTarget, Op};
 use proptest::prelude::*;
 
 use super::*;
@@ -35,7 +37,7 @@ fn node(id: NodeId, name: &str, removed: bool, agent_only: bool) -> NodeRecord {
 /// A join token and its record: `kind`, at most `uses` uses, `ttl_ms` from time 1000.
 fn token(kind: TokenKind, uses: Option<u32>, ttl_ms: Option<u64>) -> (JoinToken, TokenEntry) {
     let t = JoinToken::generate([7; 32]).unwrap();
-    let record = TokenRecord::new(&t, 1_000, ttl_ms, uses, String::new());
+    let record = t.record(1_000, ttl_ms, uses, String::new());
     (t, TokenEntry { kind, role: ApiRole::Admin, record })
 }
 
@@ -84,15 +86,15 @@ fn joins_are_admitted_or_refused_for_the_right_reason() {
 fn enrollment_uses_the_token_once_and_moves_the_counter() {
     let (_, entry) = token(TokenKind::Join, Some(2), None);
     let record = node(3, "n3", false, false);
-    let key = records::token_key(&entry.record.id);
+    let key = keys::TOKENS.key(&entry.record.id);
     let txn = enrollment(&key, 11, &entry, 12, &record).unwrap();
     let compared: Vec<(String, CompareTarget)> =
         txn.compare.iter().map(|c| (String::from_utf8_lossy(&c.key).into_owned(), c.target.clone())).collect();
     assert_eq!(
         compared,
         vec![
-            (key.clone(), CompareTarget::ModRevision(11)),
-            (records::NEXT_NODE_ID.into(), CompareTarget::ModRevision(12))
+            (key.to_string(), CompareTarget::ModRevision(11)),
+            (keys::NEXT_NODE_ID.prefix().to_string(), CompareTarget::ModRevision(12))
         ]
     );
     let puts: Vec<(String, Vec<u8>)> = txn
@@ -106,9 +108,9 @@ fn enrollment_uses_the_token_once_and_moves_the_counter() {
     let used: TokenEntry = records::decode(puts[0].0.as_bytes(), &puts[0].1).unwrap();
     assert_eq!(used.record.uses_left, Some(1));
     let next: NodeId = records::decode(puts[1].0.as_bytes(), &puts[1].1).unwrap();
-    assert_eq!((puts[1].0.as_str(), next), (records::NEXT_NODE_ID, 4));
+    assert_eq!((puts[1].0.as_str(), next), (keys::NEXT_NODE_ID.prefix(), 4));
     let stored: NodeRecord = records::decode(puts[2].0.as_bytes(), &puts[2].1).unwrap();
-    assert_eq!((puts[2].0.clone(), stored), (records::node_key(3), record));
+    assert_eq!((puts[2].0.clone(), stored), (keys::NODES.key(3).to_string(), record));
 }
 
 fn members(voters: &[NodeId], learners: &[NodeId]) -> hsu_store::Members {
