@@ -132,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     data_dir.display()
                 );
             }
-            let id = hsu::agent_node::leave(&hsu::datadir::DataDir::new(&data_dir)).await?;
+            let id = hsu::AgentNode::leave(&hsu::DataDir::new(&data_dir)).await?;
             print(cli.output, &serde_json::json!({"left": id}), |_| {
                 format!("agent-only node {id} left the cluster; a running node of this data directory stops\n")
             })
@@ -164,7 +164,7 @@ async fn until_signal(stopped: impl std::future::Future<Output = ()>) -> anyhow:
     Ok(())
 }
 
-async fn foreground_agent(node: hsu::agent_node::AgentNode) -> anyhow::Result<()> {
+async fn foreground_agent(node: hsu::AgentNode) -> anyhow::Result<()> {
     until_signal(node.stopped()).await?;
     node.shutdown().await;
     departed(node.departure())

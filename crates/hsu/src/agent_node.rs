@@ -410,23 +410,25 @@ async fn to_any_server(endpoint: &Endpoint, servers: &[(NodeId, String)], req: &
     Err(last)
 }
 
-/// `hsu node leave` for the agent-only node of data directory `dir`: asks a server, with the
-/// node's own certificate, to mark it removed, and marks the data directory. The running node
-/// (if any) is then refused by the servers and stops, with its units.
-pub async fn leave(dir: &DataDir) -> Result<NodeId, NodeError> {
-    let state = dir.load_state()?;
-    let pki = dir.load_pki()?;
-    let servers: Vec<(NodeId, String)> = std::fs::read(dir.root().join("servers.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
-    let endpoint =
-        Endpoint::client_on((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), client_tls, EndpointConfig::default())?;
-    let req = PeerRequest::RemoveMember { id: state.id, revoke: false };
-    let sent = to_any_server(&endpoint, &servers, &req).await;
-    endpoint.shutdown().await;
-    sent.map_err(|e| NodeError::Api(format!("no server took the leave: {e}")))?;
-    crate::removal::mark(dir.root(), &Departure::Left);
-    Ok(state.id)
+impl AgentNode {
+    /// `hsu node leave` for the agent-only node of data directory `dir`: asks a server, with the
+    /// node's own certificate, to mark it removed, and marks the data directory. The running node
+    /// (if any) is then refused by the servers and stops, with its units.
+    pub async fn leave(dir: &DataDir) -> Result<NodeId, NodeError> {
+        let state = dir.load_state()?;
+        let pki = dir.load_pki()?;
+        let servers: Vec<(NodeId, String)> = std::fs::read(dir.root().join("servers.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let client_tls = pki::client_config(&pki.ca_pem, Some(&pki.node), &[ALPN])?;
+        let endpoint =
+            Endpoint::client_on((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), client_tls, EndpointConfig::default())?;
+        let req = PeerRequest::RemoveMember { id: state.id, revoke: false };
+        let sent = to_any_server(&endpoint, &servers, &req).await;
+        endpoint.shutdown().await;
+        sent.map_err(|e| NodeError::Api(format!("no server took the leave: {e}")))?;
+        crate::removal::mark(dir.root(), &Departure::Left);
+        Ok(state.id)
+    }
 }

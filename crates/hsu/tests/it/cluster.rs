@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hsu::agent_node::AgentNode;
 use hsu::bootstrap::{self, InitOptions, JoinOptions};
-use hsu::datadir::{DataDir, Pki};
 use hsu::peer::{node_server_name, PeerError, PeerReply, PeerRequest};
+use hsu::AgentNode;
+use hsu::{DataDir, Pki};
 use hsu::{Node, NodeError, Tuning};
 use hsu_net::pki::{client_config, CertifiedKey};
 use hsu_net::quic::{Endpoint, EndpointConfig, NetError, ALPN};
@@ -233,7 +233,7 @@ impl TestCluster {
             .await
             .expect("read the next node id");
         let next = next.kvs.first().expect("init writes the next node id");
-        let next_node_id: u64 = hsu::records::decode(&next.key, &next.value).expect("the next node id decodes");
+        let next_node_id: u64 = hsu_model::keys::NEXT_NODE_ID.decode(&next.value).expect("the next node id decodes");
         let all = self
             .first
             .range(KeyRange::Prefix(Vec::new()), 0, Consistency::Linearizable)
@@ -255,7 +255,10 @@ impl TestCluster {
 
     /// The value of `key` as the KV API names it (the API keeps its keys under a prefix of its own).
     pub async fn api_value(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let r = self.first.range(KeyRange::Key(hsu::api::convert::internal(key)), 1, Consistency::Linearizable).await;
+        let r = self
+            .first
+            .range(KeyRange::Key([hsu_model::keys::USER_KV.as_bytes(), key].concat()), 1, Consistency::Linearizable)
+            .await;
         r.expect("a linearizable read").kvs.into_iter().next().map(|kv| kv.value)
     }
 

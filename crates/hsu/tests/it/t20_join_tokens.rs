@@ -7,14 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hsu::bootstrap;
-use hsu::records::{now_ms, ApiRole, TokenKind};
 use hsu::NodeError;
+use hsu_model::cluster::{ApiRole, TokenKind};
 use hsu_net::pki::{server_config, ClusterCa};
 use hsu_net::token::JoinToken;
 use hsu_proto::v1 as pb;
 use tokio::io::AsyncReadExt;
 
 use crate::cluster::{free_tcp_addr, free_udp_addr, poll, tuning, TestCluster, DEADLINE};
+
+/// Milliseconds since the Unix epoch, as token expiry times are kept.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("a clock after 1970");
+    u64::try_from(since.as_millis()).expect("a time before the year 584 million")
+}
 
 /// Runs a join that must be refused because of `reason`, and checks that it changed nothing.
 async fn refused_join(c: &TestCluster, name: &str, token: &str, reason: &str) {

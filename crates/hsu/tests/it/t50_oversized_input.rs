@@ -16,19 +16,19 @@ async fn grpc_message_over_the_limit_is_refused_and_the_node_keeps_serving() {
     let (mut cluster, kv) = c.admin().await;
     // The client's own limit is lifted so that the message really reaches the node, which must
     // then enforce its limit itself.
-    let mut kv = kv.max_encoding_message_size(4 * hsu::api::MAX_MESSAGE);
+    let mut kv = kv.max_encoding_message_size(4 * hsu::limits::MAX_MESSAGE);
     let before = c.observe().await;
 
     let big = pb::PutRequest {
         key: b"/t50/big".to_vec(),
-        value: vec![b'x'; hsu::api::MAX_MESSAGE + 1024],
+        value: vec![b'x'; hsu::limits::MAX_MESSAGE + 1024],
         ..Default::default()
     };
     let refused = kv.put(big).await;
     assert!(
         matches!(&refused, Err(s) if s.code() == Code::ResourceExhausted),
         "a {} byte message was not refused for its size: {refused:?}",
-        hsu::api::MAX_MESSAGE + 1024
+        hsu::limits::MAX_MESSAGE + 1024
     );
     assert_eq!(c.api_value(b"/t50/big").await, None);
     assert_eq!(c.observe().await, before, "the refused message changed the cluster");

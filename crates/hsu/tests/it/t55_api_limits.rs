@@ -19,16 +19,16 @@ struct NotAPut {
 async fn bad_requests_get_grpc_codes_and_change_nothing() {
     let c = TestCluster::start().await;
     let (_, kv) = c.admin().await;
-    let mut kv = kv.max_encoding_message_size(4 * hsu::api::MAX_MESSAGE);
+    let mut kv = kv.max_encoding_message_size(4 * hsu::limits::MAX_MESSAGE);
     let before = c.observe().await;
 
     let put = |key: Vec<u8>, value: Vec<u8>| pb::PutRequest { key, value, ..Default::default() };
-    let long_key = kv.put(put(vec![b'k'; hsu::api::kv::MAX_KEY_BYTES + 1], b"v".to_vec())).await.unwrap_err();
+    let long_key = kv.put(put(vec![b'k'; hsu::limits::MAX_KEY_BYTES + 1], b"v".to_vec())).await.unwrap_err();
     assert_eq!(long_key.code(), Code::InvalidArgument, "{long_key:?}");
     assert!(long_key.message().contains("key: 4097 bytes, at most 4096"), "{long_key:?}");
-    let big = kv.put(put(b"/t55/big".to_vec(), vec![b'x'; hsu::api::kv::MAX_REQUEST_BYTES])).await.unwrap_err();
+    let big = kv.put(put(b"/t55/big".to_vec(), vec![b'x'; hsu::limits::MAX_REQUEST_BYTES])).await.unwrap_err();
     assert_eq!(big.code(), Code::ResourceExhausted, "{big:?}");
-    let huge = kv.put(put(b"/t55/huge".to_vec(), vec![b'x'; hsu::api::MAX_MESSAGE + 1024])).await.unwrap_err();
+    let huge = kv.put(put(b"/t55/huge".to_vec(), vec![b'x'; hsu::limits::MAX_MESSAGE + 1024])).await.unwrap_err();
     assert_eq!(huge.code(), Code::ResourceExhausted, "a message over the gRPC limit: {huge:?}");
 
     // A message of another shape on the Put method does not decode.
@@ -42,7 +42,7 @@ async fn bad_requests_get_grpc_codes_and_change_nothing() {
 
     assert_eq!(c.observe().await, before, "a refused request changed the cluster");
     // Within the limits, both work.
-    kv.put(put(vec![b'k'; hsu::api::kv::MAX_KEY_BYTES], b"v".to_vec())).await.expect("a 4 KiB key");
+    kv.put(put(vec![b'k'; hsu::limits::MAX_KEY_BYTES], b"v".to_vec())).await.expect("a 4 KiB key");
     c.shutdown().await;
 }
 
@@ -73,8 +73,8 @@ async fn a_client_retry_with_its_request_id_is_answered_not_applied_again() {
             value: value.to_vec(),
             ..Default::default()
         });
-        req.metadata_mut().insert(hsu::api::kv::REQUEST_ID_KEY, "4242.1".parse().unwrap());
-        req.metadata_mut().insert(hsu::api::kv::ATTEMPT_KEY, n.to_string().parse().unwrap());
+        req.metadata_mut().insert(hsu::limits::REQUEST_ID_KEY, "4242.1".parse().unwrap());
+        req.metadata_mut().insert(hsu::limits::ATTEMPT_KEY, n.to_string().parse().unwrap());
         req
     };
     let first = kv.put(attempt(1, b"first")).await.expect("the first attempt").into_inner();
@@ -85,7 +85,7 @@ async fn a_client_retry_with_its_request_id_is_answered_not_applied_again() {
 
     // A malformed id is refused before anything happens.
     let mut bad = tonic::Request::new(pb::PutRequest { key: b"/t55/bad".to_vec(), ..Default::default() });
-    bad.metadata_mut().insert(hsu::api::kv::REQUEST_ID_KEY, "0.x".parse().unwrap());
+    bad.metadata_mut().insert(hsu::limits::REQUEST_ID_KEY, "0.x".parse().unwrap());
     let refused = kv.put(bad).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert_eq!(c.api_value(b"/t55/bad").await, None);
