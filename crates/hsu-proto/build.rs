@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("hsu_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     // `hsu ... -o json|yaml` prints the messages themselves: the field names are the proto's.
-    // A field whose zero value means "none" prints as null, as the CLI printed it before.
+    // A field whose zero value means "none" prints as null, as the CLI printed it before; a
+    // token's kind and role print as their names.
     let null_when_zero = "#[serde(serialize_with = \"crate::json::zero_as_null\")]";
     let null_when_empty = "#[serde(serialize_with = \"crate::json::empty_as_null\")]";
     tonic_prost_build::configure()
@@ -30,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute(".hsu.v1.InstanceInfo.message", null_when_empty)
         .field_attribute(".hsu.v1.JobInfo.unplaced", null_when_empty)
         .field_attribute(".hsu.v1.JobRunInfo.finished_ms", null_when_zero)
+        .field_attribute(".hsu.v1.TokenInfo.kind", "#[serde(serialize_with = \"crate::json::token_kind\")]")
+        .field_attribute(".hsu.v1.TokenInfo.role", "#[serde(serialize_with = \"crate::json::api_role\")]")
         .field_attribute(".hsu.v1.RevisionInfo.number", "#[serde(rename = \"revision\")]")
         .field_attribute(
             ".hsu.v1.DeploymentDetail.spec_json",

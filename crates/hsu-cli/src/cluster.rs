@@ -141,22 +141,13 @@ pub(crate) async fn client_command(
                 description,
             };
             let r = cluster.create_token(req).await.map_err(status)?.into_inner();
-            let value = serde_json::json!({"token": r.token, "id": r.id, "expires_unix_ms": r.expires_unix_ms});
-            print(out, &value, |_| format!("{}\n", r.token))
+            print(out, &r, |_| format!("{}\n", r.token))
         }
         Command::Token(TokenCommand::List) => {
             let tokens = cluster.list_tokens(pb::ListTokensRequest {}).await.map_err(status)?.into_inner().tokens;
             let kind = |t: &pb::TokenInfo| if t.kind == pb::TokenKind::Api as i32 { "api" } else { "join" };
             let role = |t: &pb::TokenInfo| if t.role == pb::ApiRole::ReadOnly as i32 { "read-only" } else { "admin" };
-            let value: Vec<_> = tokens
-                .iter()
-                .map(|t| {
-                    serde_json::json!({"id": t.id, "kind": kind(t), "role": role(t), "created_unix_ms": t.created_unix_ms,
-                        "expires_unix_ms": t.expires_unix_ms, "uses_left": t.uses_left, "revoked": t.revoked,
-                        "description": t.description})
-                })
-                .collect();
-            print(out, &value, |_| {
+            print(out, &tokens, |_| {
                 let rows = tokens
                     .iter()
                     .map(|t| {

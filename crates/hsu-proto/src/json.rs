@@ -1,6 +1,7 @@
 //! How `hsu.v1` messages print as JSON (`hsu ... -o json|yaml`): every message derives
 //! `serde::Serialize` with the proto's field names (build.rs); the few fields whose zero value
-//! means "none" print as null through these, and a deployment's spec as the JSON it holds.
+//! means "none" print as null through these, a deployment's spec as the JSON it holds, and a
+//! token's kind and role as their names.
 
 use serde::Serializer;
 
@@ -19,6 +20,16 @@ pub fn empty_as_null<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
     } else {
         s.serialize_str(v)
     }
+}
+
+/// A token's kind by name: `join` or `api`.
+pub fn token_kind<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *v == crate::v1::TokenKind::Api as i32 { "api" } else { "join" })
+}
+
+/// An API token's role by name: `admin` or `read-only`.
+pub fn api_role<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *v == crate::v1::ApiRole::ReadOnly as i32 { "read-only" } else { "admin" })
 }
 
 /// A string that holds JSON, as that JSON (null if it holds none).
@@ -94,6 +105,16 @@ mod tests {
             names("leader leader_id term commit_index applied_index cluster_name served_by members", "")
         );
         assert_eq!(keys(Member::default()), names("id name role address api_address healthy matched_index", ""));
+        assert_eq!(
+            keys(TokenInfo::default()),
+            names("id kind role created_unix_ms expires_unix_ms uses_left revoked description", "")
+        );
+        assert_eq!(keys(CreateTokenResponse::default()), names("token id expires_unix_ms", ""));
+        let t = TokenInfo { kind: TokenKind::Api as i32, role: ApiRole::ReadOnly as i32, ..Default::default() };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!((v["kind"].as_str(), v["role"].as_str()), (Some("api"), Some("read-only")));
+        assert!(v["uses_left"].is_null(), "unlimited uses print as null");
+        assert_eq!(serde_json::to_value(TokenInfo::default()).unwrap()["kind"], "join");
         assert_eq!(
             keys(Node::default()),
             names("id name role address api_address version joined_unix_ms ready cpu_millis memory_bytes labels units last_report_ms", "")
