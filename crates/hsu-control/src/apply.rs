@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use hsu_model::deploy::{Document, Object};
 use hsu_model::keys;
 use hsu_model::state::{DeploymentRecord, JobRecord, RevisionRecord};
-use hsu_store::record::{put_at, put_record, unchanged};
+use hsu_store::record::{put_at, unchanged};
 use hsu_store::{KeyRange, Op, Txn, Versioned};
 use serde::Serialize;
 
@@ -88,7 +88,7 @@ pub fn plan(
                     txn.success.push(put_at(&key, &a.record).map_err(encode)?);
                 }
                 if let Some(r) = &a.new_revision {
-                    txn.success.push(put_record(keys::REVISIONS.key_of(ns, name, r.number), r).map_err(encode)?);
+                    txn.success.push(put_at(&keys::REVISIONS.key_of(ns, name, r.number), r).map_err(encode)?);
                 }
                 for n in &a.prune {
                     txn.success

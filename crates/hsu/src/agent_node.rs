@@ -351,7 +351,7 @@ impl DesiredSource for StreamSource {
             return Some((recorded, 0));
         }
         loop {
-            if self.node.inner.stop.borrow().to_owned() {
+            if *self.node.inner.stop.borrow() {
                 return None;
             }
             if self.stream.is_none() {

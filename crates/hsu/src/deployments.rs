@@ -102,14 +102,14 @@ impl Node {
             match &doc.object {
                 Object::Job(j) => {
                     let key = keys::JOBS.key_of(j.metadata.namespace.as_str(), j.metadata.name.as_str());
-                    if let Some(v) = self.record_at::<JobRecord>(&key).await?.map(versioned) {
+                    if let Some(v) = self.record_at(&key).await?.map(versioned) {
                         existing.jobs.insert(key.into(), v);
                     }
                 }
                 Object::Deployment(d) => {
                     let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
                     let key = keys::DEPLOYMENTS.key_of(ns, name);
-                    if let Some(v) = self.record_at::<DeploymentRecord>(&key).await?.map(versioned) {
+                    if let Some(v) = self.record_at(&key).await?.map(versioned) {
                         existing.deployments.insert(key.into(), v);
                     }
                     existing.revisions.insert(format!("{ns}/{name}"), self.revisions(ns, name).await?);
