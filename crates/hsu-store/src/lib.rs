@@ -17,6 +17,7 @@ mod network;
 mod read_index;
 pub mod record;
 mod router;
+mod split_vote;
 mod status;
 mod storage;
 mod store;

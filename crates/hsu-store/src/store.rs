@@ -61,6 +61,10 @@ pub struct StoreConfig {
     /// them to sled's flush, which a power cut does not survive: acknowledged writes are lost.
     /// Only for showing that the power-loss test catches exactly that.
     pub fsync: bool,
+    /// Give a member that stays a candidate for a whole election round another campaign at a
+    /// random moment ([`crate::split_vote`]). On by default; off only for tests that steer every
+    /// election by hand.
+    pub break_split_votes: bool,
 }
 
 impl StoreConfig {
@@ -83,6 +87,7 @@ impl StoreConfig {
             history_revisions: 10_000,
             lease_tick: Duration::from_millis(50),
             fsync: true,
+            break_split_votes: true,
         }
     }
 
@@ -160,7 +165,17 @@ impl Store {
             lease_expiry_loop(Arc::downgrade(&store.inner), store.inner.stop.subscribe(), config.lease_tick)
                 .instrument(tracing::info_span!("lease_expiry", node = config.id)),
         );
-        store.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(expiry);
+        let mut tasks = store.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.push(expiry);
+        if config.break_split_votes {
+            let raft = store.inner.raft.clone();
+            let round = config.election_timeout_max.max(Duration::from_millis(1));
+            tasks.push(tokio::spawn(
+                crate::split_vote::break_split_votes(raft, store.inner.stop.subscribe(), round)
+                    .instrument(tracing::info_span!("split_vote", node = config.id)),
+            ));
+        }
+        drop(tasks);
         Ok(store)
     }
 

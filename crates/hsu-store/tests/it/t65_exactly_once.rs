@@ -28,6 +28,7 @@ fn patient(cfg: &mut StoreConfig) {
     cfg.election_timeout_min = Duration::from_millis(2000);
     cfg.election_timeout_max = Duration::from_millis(2500);
     cfg.request_timeout = Duration::from_secs(30);
+    cfg.break_split_votes = false;
 }
 
 /// Sets the counter from `from` to `from + 1`, if it still is `from`.
