@@ -75,6 +75,8 @@ pub struct UnitStatus {
     pub message: Option<String>,
     /// When the current process started (Unix time, ms).
     pub started_at_ms: Option<u64>,
+    /// The ports allocated for it, by port name (allocated at its first start, kept after).
+    pub ports: BTreeMap<String, u16>,
 }
 
 enum Msg {
@@ -146,6 +148,7 @@ pub fn spawn(
         cpu_millicores: None,
         message: None,
         started_at_ms: None,
+        ports: ports.clone(),
     });
     let (tx, rx) = mpsc::channel(4);
     let actor = Actor {

@@ -171,6 +171,7 @@ fn snapshot(store: &Store, reports: &Reports, leading_for: Duration) -> Snapshot
     let (deployments, bad_deployments) = read(store, &keys::DEPLOYMENTS.all());
     let (jobs, bad_jobs) = read(store, &keys::JOBS.all());
     let (instances, _) = read(store, &keys::INSTANCES.all());
+    let (services, _) = read(store, &keys::SERVICES.all());
     let revisions = deployments
         .iter()
         .map(|d| {
@@ -184,6 +185,7 @@ fn snapshot(store: &Store, reports: &Reports, leading_for: Duration) -> Snapshot
         revisions,
         jobs,
         instances,
+        services,
         undecodable_owners: bad_deployments.into_iter().chain(bad_jobs).collect(),
         reports: reports.snapshot(),
         leading_for,

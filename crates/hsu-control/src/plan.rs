@@ -2,7 +2,8 @@
 //! read (a [`Snapshot`] of deployments, revisions, jobs, instances and the nodes' reports), the
 //! time and a source of instance ids, and returns the store transactions to commit. It runs
 //! [`rollout::step`] or [`jobs::step`] per owner, places new instances with
-//! [`scheduler::place`], and finds orphans (instances whose deployment or job is gone). Nothing
+//! [`scheduler::place`], finds orphans (instances whose deployment or job is gone) and keeps each
+//! service's endpoint set (`services.rs`). Nothing
 //! here reads a clock, a random number or the store, so its tests assert on the writes.
 //!
 //! Every write of an owner is one transaction compared on the mod revision of the owner's record
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use hsu_model::deploy::{Placement, Resources};
 use hsu_model::keys;
+use hsu_model::service::ServiceRecord;
 use hsu_model::state::{
     DeploymentRecord, Desired, InstanceRecord, InstanceReport, JobRecord, Json, NodeReport, OwnerKind, RevisionRecord,
 };
@@ -37,6 +39,8 @@ pub struct Snapshot {
     pub revisions: BTreeMap<String, Vec<RevisionRecord>>,
     pub jobs: Vec<Versioned<JobRecord>>,
     pub instances: Vec<Versioned<InstanceRecord>>,
+    /// The service records as the last pass wrote them.
+    pub services: Vec<Versioned<ServiceRecord>>,
     /// Keys of deployment and job records that exist but do not decode: their instances are left
     /// alone rather than taken for orphans.
     pub undecodable_owners: BTreeSet<Vec<u8>>,
@@ -129,6 +133,7 @@ pub fn plan(snap: &Snapshot, node_grace: Duration, now_ms: u64, ids: &mut impl I
         writes.extend(w.owner_write(j, &mine, decided)?);
     }
     writes.extend(w.orphans()?);
+    writes.extend(w.services()?);
     Ok(writes)
 }
 
@@ -429,5 +434,6 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
     encode_record(v).map_err(|source| Error::Encode { what: std::any::type_name::<T>(), source })
 }
 
+mod services;
 #[cfg(test)]
 mod tests;

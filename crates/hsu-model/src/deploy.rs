@@ -12,6 +12,7 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::service::ServiceSpec;
 use crate::unit::{validate_unit, ByteSize, Dur, MilliCpu, SpecError, UnitName, UnitSpec};
 
 mod parse;
@@ -147,6 +148,19 @@ pub struct DeploymentSpec {
     /// A paused deployment keeps its instances as they are: no rollout step is taken.
     #[serde(default)]
     pub paused: bool,
+    /// The service its instances provide (`service: {name: web, port: http}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// More services, when it provides several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
+}
+
+impl DeploymentSpec {
+    /// `service` and `services` together.
+    pub fn all_services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.service.iter().chain(&self.services)
+    }
 }
 
 fn one() -> u32 {

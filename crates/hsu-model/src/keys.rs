@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cluster::{CaRecord, ClusterInfo, NodeRecord, TokenEntry};
+use crate::service::ServiceRecord;
 use crate::state::{DeploymentRecord, InstanceRecord, JobRecord, RevisionRecord};
 use crate::{decode_record, encode_record, CodecError, NodeId};
 
@@ -272,6 +273,8 @@ pub const DEPLOYMENTS: Space<ByName, DeploymentRecord> = Space::new("/deployment
 pub const REVISIONS: Space<ByRevision, RevisionRecord> = Space::new("/revisions/");
 pub const INSTANCES: Space<ByInstance, InstanceRecord> = Space::new("/instances/");
 pub const JOBS: Space<ByName, JobRecord> = Space::new("/jobs/");
+/// A service's endpoints, written by the leader's controller.
+pub const SERVICES: Space<ByName, ServiceRecord> = Space::new("/services/");
 pub const NODES: Space<ById, NodeRecord> = Space::new("/nodes/");
 pub const TOKENS: Space<ByText, TokenEntry> = Space::new("/tokens/");
 /// A revoked node's certificate; the value is when it was revoked (ms since the Unix epoch).
@@ -285,8 +288,9 @@ pub const NEXT_NODE_ID: Space<Single, u64> = Space::new("/cluster/next-node-id")
 pub const USER_KV: &str = "/kv/";
 
 /// Every prefix above, for the check that no space's keys fall into another's.
-pub const PREFIXES: [&str; 11] = [
+pub const PREFIXES: [&str; 12] = [
     DEPLOYMENTS.prefix(),
+    SERVICES.prefix(),
     REVISIONS.prefix(),
     INSTANCES.prefix(),
     JOBS.prefix(),

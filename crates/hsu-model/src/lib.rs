@@ -9,6 +9,7 @@ pub mod duration;
 pub mod expand;
 pub mod id;
 pub mod keys;
+pub mod service;
 pub mod state;
 pub mod unit;
 

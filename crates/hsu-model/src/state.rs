@@ -291,6 +291,8 @@ pub struct InstanceReport {
     /// It exited and stays down (a job's run that finished).
     pub finished: bool,
     pub message: Option<String>,
+    /// The ports the agent allocated for it, by port name.
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl InstanceReport {

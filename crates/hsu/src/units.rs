@@ -225,6 +225,7 @@ async fn reporter(me: Me, views: Views, seen: Arc<AtomicU64>, mut stop: watch::R
                     },
                     finished: matches!(s.state, State::Exited),
                     message: s.message.clone().or_else(|| s.probe_failure.clone()),
+                    ports: s.ports.clone(),
                 }
             })
             .collect();

@@ -90,7 +90,9 @@ impl Actor {
         }
         info!(pid, "started");
         let core_addr = env.get("HSU_CORE_ADDR").cloned();
+        let ports = self.ports.clone();
         self.set(|s| {
+            s.ports = ports;
             s.state = State::Running;
             s.pid = Some(pid);
             s.core_addr = core_addr;

@@ -28,6 +28,7 @@ fn exited(id: &str, code: i32) -> Observed {
         exit_code: Some(code),
         finished: true,
         message: None,
+        ports: Default::default(),
     })
 }
 
@@ -41,6 +42,7 @@ fn running(id: &str) -> Observed {
         exit_code: None,
         finished: false,
         message: None,
+        ports: Default::default(),
     })
 }
 

@@ -13,6 +13,8 @@ use hsu_model::state::{Capacity, Phase};
 use hsu_store::CompareTarget;
 use proptest::prelude::*;
 
+use hsu_model::service::{Endpoint, ServiceRecord};
+
 use super::*;
 
 /// Suffixes `000001`, `000002`, … so that the expected writes are stable.
@@ -68,6 +70,7 @@ fn running(id: &str, ready_for_ms: u64) -> InstanceReport {
         exit_code: None,
         finished: false,
         message: None,
+        ports: Default::default(),
     }
 }
 
@@ -114,6 +117,22 @@ fn render(writes: &[Write]) -> String {
                         let d: DeploymentRecord = decode_record(value).unwrap();
                         let event = d.events.last().map_or(String::new(), |e| format!(" last event {:?}", e.message));
                         format!("deployment steps {} {:?} unplaced {:?}{event}", d.steps, d.phase, d.unplaced)
+                    } else if key.starts_with(keys::SERVICES.prefix()) {
+                        let r: ServiceRecord = decode_record(value).unwrap();
+                        let endpoints: Vec<String> = r
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                format!(
+                                    "{}@n{}:{}{}",
+                                    e.instance,
+                                    e.node,
+                                    e.port,
+                                    if e.ready { "" } else { " (not ready)" }
+                                )
+                            })
+                            .collect();
+                        format!("service of {} on {}: [{}]", r.deployment, r.port, endpoints.join(", "))
                     } else {
                         let j: JobRecord = decode_record(value).unwrap();
                         format!("job steps {} unplaced {:?}", j.steps, j.unplaced)
@@ -572,4 +591,144 @@ proptest! {
         prop_assert!(instances.iter().all(|i| i.revision == rec.revision && i.desired == Desired::Run));
         prop_assert_eq!(sim.ready().len() as u32, replicas);
     }
+}
+
+/// Deployment `default/NAME` with a port `http`, providing service `web` on it, created at
+/// `created_ms`.
+fn serving(name: &str, replicas: u32, created_ms: u64) -> DeploymentRecord {
+    let yaml = format!(
+        "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template: {{command: [x], ports: [{{name: http}}]}}\n  service: {{name: web, port: http}}\n"
+    );
+    let Object::Deployment(d) = parse(&yaml) else { unreachable!() };
+    let mut rec = rollout::apply(None, &[], &d, &format!("uid-{name}"), created_ms).record;
+    rec.created_ms = created_ms;
+    rec
+}
+
+fn on_port(mut r: InstanceReport, port: u16) -> InstanceReport {
+    r.ports.insert("http".into(), port);
+    r
+}
+
+fn service_record(endpoints: Vec<Endpoint>) -> Versioned<ServiceRecord> {
+    let value = ServiceRecord {
+        namespace: "default".into(),
+        name: "web".into(),
+        deployment: "web".into(),
+        port: "http".into(),
+        endpoints,
+    };
+    versioned(keys::SERVICES.key_of("default", "web"), 20, value)
+}
+
+/// Only the service writes of a pass.
+fn check_services(snap: &Snapshot, expected: Expect) {
+    let writes: Vec<Write> = plan(snap, GRACE, 1_000, &mut Seq(0))
+        .expect("a plan")
+        .into_iter()
+        .filter(|w| w.what.starts_with("service "))
+        .collect();
+    expected.assert_eq(&render(&writes));
+}
+
+#[test]
+fn a_service_lists_the_running_instances_on_their_ports_and_says_which_are_ready() {
+    let rec = serving("web", 3, 0);
+    let instances =
+        vec![instance_of(&rec, "web-a", 1, 10), instance_of(&rec, "web-b", 2, 11), instance_of(&rec, "web-c", 2, 12)];
+    let mut not_ready = on_port(running("web-b", 0), 4002);
+    not_ready.ready = false;
+    let starting = InstanceReport { state: "starting".into(), ..on_port(running("web-c", 0), 4003) };
+    let reports = two_nodes([vec![on_port(running("web-a", 500), 4001)], vec![not_ready, starting]], 12);
+    let snap = Snapshot { instances, reports, ..web(rec, vec![], 9) };
+    check_services(
+        &snap,
+        expect![[r#"
+            write service default/web
+              unchanged /services/default/web @0
+              put /services/default/web: service of web on http: [web-a@n1:4001, web-b@n2:4002 (not ready)]
+        "#]],
+    );
+    // Once written, the same world writes nothing.
+    let writes = plan(&snap, GRACE, 1_000, &mut Seq(0)).unwrap();
+    let Op::Put { value, .. } = &writes.iter().find(|w| w.what == "service default/web").unwrap().txn.success[0] else {
+        panic!("a put")
+    };
+    let written = decode_record::<ServiceRecord>(value).unwrap();
+    let snap = Snapshot { services: vec![versioned(keys::SERVICES.key_of("default", "web"), 20, written)], ..snap };
+    check_services(&snap, expect!["no writes\n"]);
+}
+
+#[test]
+fn a_new_master_without_reports_keeps_the_endpoints_it_knows_and_a_down_node_loses_them() {
+    let rec = serving("web", 2, 0);
+    let instances = vec![instance_of(&rec, "web-a", 1, 10), instance_of(&rec, "web-b", 2, 11)];
+    let known = vec![
+        Endpoint { instance: "web-a".into(), node: 1, port: 4001, ready: true },
+        Endpoint { instance: "web-b".into(), node: 2, port: 4002, ready: true },
+    ];
+    let snap = Snapshot { instances, services: vec![service_record(known)], ..web(rec, vec![], 9) };
+    check_services(&snap, expect!["no writes\n"]);
+
+    // Node 2 reports nothing for the grace period; node 1 still runs web-a.
+    let mut reports = two_nodes([vec![on_port(running("web-a", 500), 4001)], vec![]], 12);
+    reports.get_mut(&2).unwrap().0 = GRACE;
+    let snap = Snapshot { reports, ..snap };
+    check_services(
+        &snap,
+        expect![[r#"
+            write service default/web
+              unchanged /services/default/web @20
+              put /services/default/web: service of web on http: [web-a@n1:4001]
+        "#]],
+    );
+}
+
+#[test]
+fn instances_marked_to_stop_leave_the_service_and_a_service_nobody_provides_is_deleted() {
+    let rec = serving("web", 1, 0);
+    let mut stopping = instance_of(&rec, "web-a", 1, 10);
+    stopping.value.desired = Desired::Stop;
+    let reports = two_nodes([vec![on_port(running("web-a", 500), 4001)], vec![]], 12);
+    let known = vec![Endpoint { instance: "web-a".into(), node: 1, port: 4001, ready: true }];
+    let snap =
+        Snapshot { instances: vec![stopping], reports, services: vec![service_record(known)], ..web(rec, vec![], 9) };
+    check_services(
+        &snap,
+        expect![[r#"
+            write service default/web
+              unchanged /services/default/web @20
+              put /services/default/web: service of web on http: []
+        "#]],
+    );
+    let snap = Snapshot { deployments: vec![], ..snap };
+    check_services(
+        &snap,
+        expect![[r#"
+            write service default/web
+              unchanged /services/default/web @20
+              delete /services/default/web
+        "#]],
+    );
+}
+
+#[test]
+fn of_two_deployments_that_name_one_service_the_older_provides_it() {
+    let (old, new) = (serving("web-old", 1, 5), serving("web-new", 1, 3_000));
+    let instances = vec![instance_of(&old, "web-old-a", 1, 10), instance_of(&new, "web-new-a", 2, 11)];
+    let reports =
+        two_nodes([vec![on_port(running("web-old-a", 500), 4001)], vec![on_port(running("web-new-a", 500), 4002)]], 12);
+    let deployments = vec![
+        versioned(keys::DEPLOYMENTS.key_of("default", "web-new"), 8, new),
+        versioned(keys::DEPLOYMENTS.key_of("default", "web-old"), 7, old),
+    ];
+    let snap = Snapshot { deployments, instances, reports, ..Snapshot::default() };
+    check_services(
+        &snap,
+        expect![[r#"
+            write service default/web
+              unchanged /services/default/web @0
+              put /services/default/web: service of web-old on http: [web-old-a@n1:4001]
+        "#]],
+    );
 }

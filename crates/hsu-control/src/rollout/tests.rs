@@ -70,6 +70,7 @@ impl World {
                 exit_code: None,
                 finished: false,
                 message: None,
+                ports: Default::default(),
             });
         }
         let stable = self.revisions.iter().find(|r| r.number == self.rec.stable_revision);
@@ -334,6 +335,7 @@ fn dead_instances_of_the_current_revision_are_replaced() {
         exit_code: Some(1),
         finished: false,
         message: Some("flapping".into()),
+        ports: Default::default(),
     });
     let s = step(&w.rec, &w.views(), None, w.now_ms);
     assert_eq!(s.delete, std::slice::from_ref(&dead));

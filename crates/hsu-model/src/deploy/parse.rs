@@ -107,6 +107,8 @@ pub(super) fn parse_one(line: u64, text: &str) -> Result<Object, String> {
         template: serde_saphyr::Spanned<de::IgnoredAny>,
         strategy: Option<serde_saphyr::Spanned<de::IgnoredAny>>,
         placement: Option<serde_saphyr::Spanned<de::IgnoredAny>>,
+        service: Option<serde_saphyr::Spanned<de::IgnoredAny>>,
+        services: Option<serde_saphyr::Spanned<de::IgnoredAny>>,
     }
     let object = match kind.value.as_str() {
         "Deployment" => {
@@ -131,6 +133,8 @@ pub(super) fn parse_one(line: u64, text: &str) -> Result<Object, String> {
         template: at.spec.value.template.referenced.line(),
         strategy: at.spec.value.strategy.map_or(spec, |s| s.referenced.line()),
         placement: at.spec.value.placement.map_or(spec, |s| s.referenced.line()),
+        service: at.spec.value.service.map_or(spec, |s| s.referenced.line()),
+        services: at.spec.value.services.map_or(spec, |s| s.referenced.line()),
     };
     validate(&object, &lines)?;
     Ok(object)
@@ -182,10 +186,13 @@ pub(super) struct Lines {
     template: u64,
     strategy: u64,
     placement: u64,
+    service: u64,
+    services: u64,
 }
 
 pub(super) fn validate(object: &Object, lines: &Lines) -> Result<(), String> {
-    let Lines { spec: spec_line, template: template_line, strategy: strategy_line, placement: placement_line } = *lines;
+    let Lines { spec: spec_line, template: template_line, strategy: strategy_line, placement: placement_line, .. } =
+        *lines;
     let (template, placement, what) = match object {
         Object::Deployment(d) => (&d.spec.template, &d.spec.placement, "Deployment"),
         Object::Job(j) => (&j.spec.template, &j.spec.placement, "Job"),
@@ -245,6 +252,7 @@ pub(super) fn validate(object: &Object, lines: &Lines) -> Result<(), String> {
                     crate::duration::format_duration(s.min_ready.0)
                 ));
             }
+            validate_services(d, lines)?;
             if s.canary > d.spec.replicas {
                 return Err(format!(
                     "line {strategy_line}: Deployment {name}: spec.strategy.canary ({}) is more than replicas ({})",
@@ -265,6 +273,31 @@ pub(super) fn validate(object: &Object, lines: &Lines) -> Result<(), String> {
                     return Err(format!("line {spec_line}: Job {name}: spec.{field} ({v}) is more than {MAX_COUNT}"));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Each service names a port of the template, and no name is given twice.
+fn validate_services(d: &Deployment, lines: &Lines) -> Result<(), String> {
+    let name = &d.metadata.name;
+    let ports: Vec<&str> = d.spec.template.ports.iter().map(|p| p.name.as_str()).collect();
+    let fields = d.spec.service.iter().map(|s| (s, "spec.service".to_string(), lines.service));
+    let listed = d.spec.services.iter().enumerate().map(|(i, s)| (s, format!("spec.services[{i}]"), lines.services));
+    let mut seen = BTreeMap::new();
+    for (s, field, line) in fields.chain(listed) {
+        if !ports.contains(&s.port.as_str()) {
+            let known = if ports.is_empty() { "it has none".to_string() } else { ports.join(", ") };
+            return Err(format!(
+                "line {line}: Deployment {name}: {field}.port {:?} is not among spec.template.ports ({known})",
+                s.port.as_str()
+            ));
+        }
+        if let Some(first) = seen.insert(s.name.as_str(), field.clone()) {
+            return Err(format!(
+                "line {line}: Deployment {name}: {field}.name {:?} is also the name of {first}",
+                s.name.as_str()
+            ));
         }
     }
     Ok(())

@@ -55,6 +55,15 @@ fn a_deployment_and_a_job_parse_from_one_file() {
 }
 
 #[test]
+fn a_deployment_names_the_services_it_provides() {
+    let text = "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template: {command: [x], ports: [{name: http}, {name: admin}]}\n  service: {name: web, port: http}\n  services: [{name: web-admin, port: admin}]\n";
+    let docs = parse(text).unwrap();
+    let Object::Deployment(d) = &docs[0].object else { panic!("not a deployment") };
+    let named: Vec<(&str, &str)> = d.spec.all_services().map(|s| (s.name.as_str(), s.port.as_str())).collect();
+    assert_eq!(named, [("web", "http"), ("web-admin", "admin")]);
+}
+
+#[test]
 fn strategy_counts_round_like_kubernetes() {
     let s = Strategy::default();
     assert_eq!(s.counts(4), (1, 1));
@@ -110,6 +119,11 @@ fn bad_documents_name_file_line_and_field() {
         ("too many", format!("{head}spec:\n  replicas: 10001\n  template: {{command: [x]}}\n"), &["line 5", "spec.replicas (10001) is more than 10000"]),
         ("huge surge", format!("{head}spec:\n  template: {{command: [x]}}\n  strategy: {{maxSurge: 4294967295}}\n"), &["line 6", "maxSurge (4294967295) is more than 10000"]),
         ("hsu var", format!("{head}spec:\n  template: {{command: [x, \"${{HSU_PORT_WEB}}\"]}}\n"), &["line 5", "HSU_PORT_WEB"]),
+        ("service port", format!("{head}spec:\n  template: {{command: [x], ports: [{{name: http}}]}}\n  service: {{name: web, port: htp}}\n"), &["line 6", "spec.service.port \"htp\" is not among spec.template.ports (http)"]),
+        ("service no ports", format!("{head}spec:\n  template: {{command: [x]}}\n  services: [{{name: web, port: http}}]\n"), &["line 6", "spec.services[0].port \"http\"", "it has none"]),
+        ("service twice", format!("{head}spec:\n  template: {{command: [x], ports: [{{name: a}}, {{name: b}}]}}\n  service: {{name: web, port: a}}\n  services: [{{name: web, port: b}}]\n"), &["line 7", "spec.services[0].name \"web\" is also the name of spec.service"]),
+        ("service name", format!("{head}spec:\n  template: {{command: [x], ports: [{{name: a}}]}}\n  service: {{name: Web, port: a}}\n"), &["line 6", "lowercase"]),
+        ("service field", format!("{head}spec:\n  template: {{command: [x], ports: [{{name: a}}]}}\n  service: {{name: web, port: a, protocol: udp}}\n"), &["line 6", "unknown field `protocol`"]),
     ];
     for (what, text, wants) in cases {
         let err = parse(text).expect_err(what).to_string();
