@@ -61,7 +61,8 @@ pub(crate) enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
-    /// A deployment in detail: revisions, events, instances and placement problems.
+    /// A deployment in detail (revisions, events, instances, placement problems), a job, or a
+    /// service with its endpoints.
     Describe {
         #[arg(value_enum)]
         what: DescribeWhat,
@@ -128,6 +129,8 @@ pub(crate) enum GetWhat {
     Nodes,
     #[value(alias = "job")]
     Jobs,
+    #[value(alias = "service", alias = "svc")]
+    Services,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +139,8 @@ pub(crate) enum DescribeWhat {
     Deployment,
     #[value(alias = "jobs")]
     Job,
+    #[value(alias = "services", alias = "svc")]
+    Service,
 }
 
 #[derive(Subcommand)]

@@ -9,6 +9,7 @@ mod cluster;
 mod deploy;
 mod dev;
 mod output;
+mod services;
 
 use std::path::PathBuf;
 
@@ -139,6 +140,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agent(cmd) => agent_command(cmd, cli.output).await,
         Command::Dev { api, listen, file, keep } => dev::run(api, listen, file, keep).await,
+        Command::Get { what: GetWhat::Services, name, namespace } => {
+            services::get(&load_config(&cli.config)?, cli.endpoint.as_deref(), cli.output, name, namespace).await
+        }
+        Command::Describe { what: DescribeWhat::Service, name, namespace } => {
+            services::describe(&load_config(&cli.config)?, cli.endpoint.as_deref(), cli.output, name, namespace).await
+        }
+        Command::Delete { what: DescribeWhat::Service, name, .. } => {
+            bail!("service {name} cannot be deleted by itself: it goes away with the deployment that provides it")
+        }
         command @ (Command::Apply { .. }
         | Command::Get { what: GetWhat::Deployments | GetWhat::Instances | GetWhat::Jobs, .. }
         | Command::Describe { .. }

@@ -12,7 +12,6 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::service::ServiceSpec;
 use crate::unit::{validate_unit, ByteSize, Dur, MilliCpu, SpecError, UnitName, UnitSpec};
 
 mod parse;
@@ -161,6 +160,16 @@ impl DeploymentSpec {
     pub fn all_services(&self) -> impl Iterator<Item = &ServiceSpec> {
         self.service.iter().chain(&self.services)
     }
+}
+
+/// `service: {name: web, port: http}` in a deployment's spec: the service `web` is reached on
+/// the template's port `http` of each instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub name: ObjectName,
+    /// The name of one of the template's `ports`.
+    pub port: UnitName,
 }
 
 fn one() -> u32 {

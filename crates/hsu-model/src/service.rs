@@ -1,5 +1,5 @@
-//! Services: what a deployment exposes under a name, and the endpoint sets the controller keeps
-//! for each of them in the store, from which every node's registry builds its view.
+//! Services: the endpoint sets the controller keeps for each service a deployment provides
+//! (`deploy::ServiceSpec`), from which every node's registry builds its view.
 //!
 //! A service is named in its namespace (`default/web`), like a Kubernetes Service. Its endpoints
 //! are the instances of the deployment that provides it which their node reports running with
@@ -8,19 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::ObjectName;
-use crate::unit::UnitName;
 use crate::NodeId;
-
-/// `service: {name: web, port: http}` in a deployment's spec: the service `web` is reached on
-/// the template's port `http` of each instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServiceSpec {
-    pub name: ObjectName,
-    /// The name of one of the template's `ports`.
-    pub port: UnitName,
-}
 
 /// The endpoints of one service, as the leader's controller last wrote them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -110,6 +110,8 @@ mod tests {
             names("id kind role created_unix_ms expires_unix_ms uses_left revoked description", "")
         );
         assert_eq!(keys(CreateTokenResponse::default()), names("token id expires_unix_ms", ""));
+        assert_eq!(keys(ServiceInfo::default()), names("namespace name deployment port endpoints exists", ""));
+        assert_eq!(keys(ServiceEndpoint::default()), names("instance node node_id address ready", ""));
         let t = TokenInfo { kind: TokenKind::Api as i32, role: ApiRole::ReadOnly as i32, ..Default::default() };
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!((v["kind"].as_str(), v["role"].as_str()), (Some("api"), Some("read-only")));

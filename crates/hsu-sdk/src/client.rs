@@ -8,6 +8,7 @@ use hsu_net::pki::{write_private, API_SERVER_NAME};
 use hsu_proto::v1::cluster_client::ClusterClient;
 use hsu_proto::v1::deployments_client::DeploymentsClient;
 use hsu_proto::v1::kv_client::KvClient;
+use hsu_proto::v1::registry_client::RegistryClient;
 use serde::{Deserialize, Serialize};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -97,6 +98,7 @@ pub type Cluster = ClusterClient<InterceptedService<Channel, Bearer>>;
 pub type Kv = KvClient<InterceptedService<Channel, Bearer>>;
 
 pub type Deployments = DeploymentsClient<InterceptedService<Channel, Bearer>>;
+pub type Registry = RegistryClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects to `endpoint` (or the config's) and returns the two service clients.
 pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Cluster, Kv), ClientError> {
@@ -108,6 +110,12 @@ pub async fn connect(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<(Clus
 pub async fn connect_deployments(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<Deployments, ClientError> {
     let (channel, bearer) = connect_channel(cfg, endpoint).await?;
     Ok(DeploymentsClient::with_interceptor(channel, bearer))
+}
+
+/// Connects to `endpoint` (or the config's) for `hsu.v1.Registry`.
+pub async fn connect_registry(cfg: &ClientConfig, endpoint: Option<&str>) -> Result<Registry, ClientError> {
+    let (channel, bearer) = connect_channel(cfg, endpoint).await?;
+    Ok(RegistryClient::with_interceptor(channel, bearer))
 }
 
 /// A channel to `endpoint` (or the config's) with the config's TLS identity, and its bearer interceptor.

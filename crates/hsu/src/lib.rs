@@ -18,6 +18,7 @@ pub mod peer;
 mod records;
 mod removal;
 mod serve;
+mod services;
 mod session;
 mod start;
 mod units;

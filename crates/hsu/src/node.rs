@@ -126,6 +126,8 @@ struct Inner {
     agent_dir: std::path::PathBuf,
     /// The agent's task: it ends after the agent let go of (or stopped) the units.
     units: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The services as this node sees them.
+    registry: hsu_registry::Registry,
 }
 
 /// What `Node::open` hands to the start-up that wires the API: the CA certificate (DER) and
@@ -206,9 +208,15 @@ impl Node {
                 reports: Arc::default(),
                 units: std::sync::Mutex::new(None),
                 agent_dir: dir.agent_dir(),
+                registry: hsu_registry::Registry::new(),
             }),
         };
         Ok((node, Wiring { ca_der, is_revoked }))
+    }
+
+    /// The services as this node sees them.
+    pub fn registry(&self) -> &hsu_registry::Registry {
+        &self.inner.registry
     }
 
     /// Keeps the agent's task, for `shutdown` to wait on.

@@ -1,6 +1,7 @@
 //! A server node's start-up: the composition of what `crate::node` holds (the store member
 //! and the QUIC endpoint) with what serves and drives it: the node-to-node handler, the public
-//! API, the controllers that run while it leads, and the agent of its own units. Only this
+//! API, the controllers that run while it leads, the agent of its own units and the feed of its
+//! service registry. Only this
 //! module knows all of them; none of them knows it.
 
 use std::sync::{Arc, OnceLock};
@@ -30,6 +31,7 @@ impl Node {
         let on_exit = if tuning.stop_units_on_exit { OnExit::Stop } else { OnExit::Keep };
         let units = crate::units::spawn_for_server(node.clone(), dir.agent_dir(), tuning.labels.clone(), on_exit)?;
         node.set_units(units);
+        tokio::spawn(crate::services::feed(node.clone()));
         node.spawn_keepers();
         Ok(node)
     }

@@ -7,6 +7,18 @@ use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The end of the tests' Python HTTP units, after their handler class `H`: quiet request logs,
+/// exit once the script (`me`) is deleted, serve on the port in `argv[1]`.
+pub const PY_SERVE: &str = r#"    def log_message(self, *a):
+        pass
+def watchdog():
+    while os.path.exists(me):
+        time.sleep(0.2)
+    os._exit(0)
+threading.Thread(target=watchdog, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
 pub fn hsu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hsu"))
 }

@@ -8,6 +8,7 @@ mod t20_cli_kv_and_tokens;
 mod t30_agent;
 mod t40_deployments;
 mod t45_cut_off;
+mod t48_services;
 mod t50_dev;
 mod t60_jobs;
 mod t70_agent_only;

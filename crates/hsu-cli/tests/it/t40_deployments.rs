@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{alive, cli, cli_ok, pid_of, poll, poll_for, status_json, three_voters, NODE_GRACE};
+use crate::harness::{alive, cli, cli_ok, pid_of, poll, poll_for, status_json, three_voters, NODE_GRACE, PY_SERVE};
 
 const SERVER: &str = r#"
 import http.server, os, sys, threading, time
@@ -31,14 +31,6 @@ class H(http.server.BaseHTTPRequestHandler):
         print("probed", flush=True)
         self.send_response(200 if ready else 503)
         self.end_headers()
-    def log_message(self, *a):
-        pass
-def watchdog():
-    while os.path.exists(me):
-        time.sleep(0.2)
-    os._exit(0)
-threading.Thread(target=watchdog, daemon=True).start()
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
 
 fn spec(script: &Path, version: &str, ready: bool, deadline: &str) -> String {
@@ -163,7 +155,7 @@ fn deployments_spread_roll_heal_roll_back_and_say_why_they_are_pending() {
     let root = tempfile::tempdir().unwrap();
     let units = tempfile::tempdir().unwrap();
     let script = units.path().join("server.py");
-    std::fs::write(&script, SERVER).unwrap();
+    std::fs::write(&script, format!("{SERVER}{PY_SERVE}")).unwrap();
     let (mut nodes, config, _) = three_voters(root.path());
 
     // 3 replicas on 3 nodes: one on each.

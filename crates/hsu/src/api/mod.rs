@@ -1,4 +1,4 @@
-//! The public gRPC API: `hsu.v1.Cluster`, `hsu.v1.KV` and `hsu.v1.Deployments`, plus `grpc.health.v1` and server
+//! The public gRPC API: `hsu.v1.Cluster`, `hsu.v1.KV`, `hsu.v1.Deployments` and `hsu.v1.Registry`, plus `grpc.health.v1` and server
 //! reflection, over TCP with TLS. Clients authenticate with a certificate of the cluster CA
 //! (the admin credential) or a bearer API token; the TLS layer refuses revoked node certificates
 //! at the handshake, the services check roles per call ([`auth`]).
@@ -8,6 +8,7 @@ mod cluster;
 pub mod convert;
 mod deploy;
 pub mod kv;
+mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hsu_net::pki::{self, RevocationCheck};
 use hsu_proto::v1::cluster_server::ClusterServer;
 use hsu_proto::v1::deployments_server::DeploymentsServer;
 use hsu_proto::v1::kv_server::KvServer;
+use hsu_proto::v1::registry_server::RegistryServer;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -78,6 +80,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
             .with_service_name("hsu.v1.Cluster")
             .with_service_name("hsu.v1.KV")
             .with_service_name("hsu.v1.Deployments")
+            .with_service_name("hsu.v1.Registry")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection = reflection_builder().build_v1().map_err(|e| NodeError::Api(format!("reflection: {e}")))?;
@@ -92,12 +95,16 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
     let deployments = DeploymentsServer::new(deploy::DeploymentsApi { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let registry = RegistryServer::new(registry::RegistryApi { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let serve_node = node.clone();
     tokio::spawn(
         async move {
             health_reporter.set_serving::<ClusterServer<cluster::ClusterApi>>().await;
             health_reporter.set_serving::<KvServer<kv::KvApi>>().await;
             health_reporter.set_serving::<DeploymentsServer<deploy::DeploymentsApi>>().await;
+            health_reporter.set_serving::<RegistryServer<registry::RegistryApi>>().await;
             let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
             let result = tonic::transport::Server::builder()
                 .layer(status_codes::Layer)
@@ -107,6 +114,7 @@ pub(crate) fn spawn(node: Node, ca_der: Vec<u8>, is_revoked: RevocationCheck) ->
                 .add_service(cluster)
                 .add_service(kv)
                 .add_service(deployments)
+                .add_service(registry)
                 .serve_with_incoming_shutdown(incoming, serve_node.stopped())
                 .await;
             if let Err(e) = result {

@@ -1,6 +1,7 @@
 //! The public API serves only authenticated callers, each within its role. A caller without
 //! credentials, with a token the cluster never issued, or with a join token as its bearer token,
-//! is `Unauthenticated`; a read-only API token reads but every write is `PermissionDenied`; and
+//! is `Unauthenticated` (the registry's calls too); a read-only API token reads (services too) but
+//! every write is `PermissionDenied`; and
 //! none of the refused calls changes the store.
 
 use hsu_net::token::JoinToken;
@@ -58,6 +59,12 @@ async fn calls_without_valid_credentials_are_unauthenticated() {
         assert_eq!(code(kv.put(put(key, b"forged")).await), Code::Unauthenticated, "put with {who}");
         let token = pb::CreateTokenRequest { kind: pb::TokenKind::Api as i32, ..Default::default() };
         assert_eq!(code(cluster.create_token(token).await), Code::Unauthenticated, "create a token with {who}");
+        let mut registry = client::connect_registry(&conf, None).await.expect("a TLS connection");
+        let list = registry.list_services(pb::ListServicesRequest::default()).await;
+        assert_eq!(code(list), Code::Unauthenticated, "list services with {who}");
+        let web = pb::ServiceRequest { namespace: String::new(), name: "web".into() };
+        assert_eq!(code(registry.resolve(web.clone()).await), Code::Unauthenticated, "resolve with {who}");
+        assert_eq!(code(registry.watch(web).await), Code::Unauthenticated, "watch with {who}");
     }
 
     assert_eq!(c.api_value(key).await, None);
@@ -88,6 +95,10 @@ async fn read_only_token_reads_but_cannot_write() {
     assert_eq!(got.kvs.len(), 1);
     assert_eq!(got.kvs[0].value, b"original");
     cluster.status(pb::StatusRequest {}).await.expect("a read-only token may read the status");
+    let mut registry = client::connect_registry(&conf, None).await.expect("a token client connects");
+    registry.list_services(pb::ListServicesRequest::default()).await.expect("a read-only token may list services");
+    let missing = registry.resolve(pb::ServiceRequest { namespace: String::new(), name: "web".into() }).await;
+    assert_eq!(code(missing), Code::NotFound, "a service nobody provides");
 
     let before = c.observe().await;
     assert_eq!(code(kv.put(put(key, b"changed")).await), Code::PermissionDenied, "put");

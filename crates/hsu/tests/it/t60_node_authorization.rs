@@ -188,6 +188,10 @@ async fn learners_and_agent_only_nodes_are_refused_every_privileged_request() {
     let (mut api, _) = hsu_sdk::client::connect(&c.cert_conf(&agent_cert), None).await.expect("a TLS connection");
     let status = api.status(pb::StatusRequest {}).await;
     assert!(matches!(&status, Err(s) if s.code() == tonic::Code::PermissionDenied), "{status:?}");
+    let mut registry =
+        hsu_sdk::client::connect_registry(&c.cert_conf(&agent_cert), None).await.expect("a TLS connection");
+    let services = registry.list_services(pb::ListServicesRequest::default()).await;
+    assert!(matches!(&services, Err(s) if s.code() == tonic::Code::PermissionDenied), "{services:?}");
 
     // Nothing changed: every key byte for byte, the term, the leader, the membership.
     assert_eq!(c.observe().await, before, "a refused request changed the cluster");
