@@ -22,6 +22,9 @@ pub struct Existing {
     pub deployments: BTreeMap<String, Versioned<DeploymentRecord>>,
     pub revisions: BTreeMap<String, Vec<RevisionRecord>>,
     pub jobs: BTreeMap<String, Versioned<JobRecord>>,
+    /// The services that deployments already provide, `(namespace, service)` to the deployment:
+    /// read only when a document names a service.
+    pub services: BTreeMap<(String, String), String>,
 }
 
 /// One applied object and what happened to it.
@@ -44,6 +47,7 @@ pub fn plan(
     now_ms: u64,
     uid: &mut impl FnMut() -> String,
 ) -> Result<(Txn, Vec<AppliedObject>), Error> {
+    check_services(docs, existing)?;
     let mut txn = Txn::default();
     let mut applied = Vec::new();
     let encode = |e| Error::Encode { what: "deployment or job", source: e };
@@ -105,6 +109,44 @@ pub fn plan(
         }
     }
     Ok((txn, applied))
+}
+
+/// A service is provided by one deployment of its namespace: a document may not name one that
+/// another deployment provides (unless the same apply takes it from that one), nor two documents
+/// the same.
+fn check_services(docs: &[Document], existing: &Existing) -> Result<(), Error> {
+    fn deployments(d: &Document) -> Option<(&Document, &hsu_model::deploy::Deployment)> {
+        match &d.object {
+            Object::Deployment(x) => Some((d, x)),
+            Object::Job(_) => None,
+        }
+    }
+    let batch: Vec<(&str, &str)> = docs
+        .iter()
+        .filter_map(deployments)
+        .map(|(_, d)| (d.metadata.namespace.as_str(), d.metadata.name.as_str()))
+        .collect();
+    let mut taken: BTreeMap<(String, String), String> = existing
+        .services
+        .iter()
+        .filter(|((ns, _), by)| !batch.contains(&(ns.as_str(), by.as_str())))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (doc, d) in docs.iter().filter_map(deployments) {
+        let (ns, name) = (d.metadata.namespace.as_str(), d.metadata.name.as_str());
+        for s in d.spec.all_services() {
+            let key = (ns.to_string(), s.name.as_str().to_string());
+            if let Some(other) = taken.insert(key, name.to_string()).filter(|o| o != name) {
+                return Err(Error::Service(format!(
+                    "{}: line {}: Deployment {ns}/{name}: service {:?} is already provided by deployment {ns}/{other}; a service has one deployment",
+                    doc.file,
+                    doc.line,
+                    s.name.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

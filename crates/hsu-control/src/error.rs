@@ -11,6 +11,9 @@ pub enum Error {
     /// A rollout action that does not exist, or takes no revision.
     #[error("{0}")]
     Action(String),
+    /// A deployment names a service that another deployment of its namespace provides.
+    #[error("{0}")]
+    Service(String),
     /// A job run's dispatch parameter is not a valid environment variable name.
     #[error("dispatch parameter {name:?}: {why}")]
     Parameter { name: String, why: String },
@@ -27,6 +30,6 @@ pub enum Error {
 impl Error {
     /// A request the controllers refuse: the caller's to fix, not worth retrying as it is.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Undo(_) | Error::Action(_) | Error::Parameter { .. })
+        matches!(self, Error::Undo(_) | Error::Action(_) | Error::Service(_) | Error::Parameter { .. })
     }
 }

@@ -116,6 +116,16 @@ impl Node {
                 }
             }
         }
+        let names_a_service =
+            docs.iter().any(|d| matches!(&d.object, Object::Deployment(x) if x.spec.all_services().next().is_some()));
+        if names_a_service {
+            let all: Vec<(KeyValue, DeploymentRecord)> = self.list_records(&keys::DEPLOYMENTS.all()).await?;
+            for (_, d) in all {
+                for s in d.spec.0.all_services() {
+                    existing.services.insert((d.namespace.clone(), s.name.as_str().to_string()), d.name.clone());
+                }
+            }
+        }
         Ok(apply::plan(docs, &existing, records::now_ms(), &mut new_uid)?)
     }
 

@@ -1,7 +1,8 @@
 //! Services on a 3-node cluster of real processes: a deployment that provides `web` is listed by
 //! `hsu get services` on every node with one endpoint per ready replica (its node and the address
 //! it listens on there), an instance that is not ready is listed as such, scaling changes the
-//! endpoints, and deleting the deployment removes the service.
+//! endpoints, a second deployment naming the service is refused, and deleting the deployment
+//! removes the service.
 //!
 //! The unit answers every GET with its own unit name, so a test can tell that an endpoint's
 //! address is the instance the endpoint names. It is ready unless the file `<tmp>/unready/<unit>`
@@ -129,6 +130,16 @@ fn a_service_lists_the_ready_replicas_of_its_deployment_on_every_node() {
     let delete = cli(&config, nodes[2].api, &["delete", "service", "web"]);
     assert!(!delete.status.success(), "a service is not deleted by itself");
     assert!(String::from_utf8_lossy(&delete.stderr).contains("goes away with the deployment"), "{delete:?}");
+
+    // A second deployment may not take a service another one provides; nothing is applied.
+    let other = units.path().join("web2.yaml");
+    std::fs::write(&other, spec(&script, 1).replace("name: web}", "name: web2}")).unwrap();
+    let refused = cli(&config, nodes[1].api, &["apply", "-f", other.to_str().unwrap()]);
+    assert!(!refused.status.success(), "a second provider of web was applied");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("service \"web\" is already provided by deployment default/web"), "{stderr}");
+    let deployments = cli_ok(&config, nodes[1].api, &["get", "deployments", "-o", "json"]).unwrap();
+    assert!(!deployments.contains("web2"), "{deployments}");
 
     // Deleting the deployment removes the service from every view.
     cli_ok(&config, nodes[0].api, &["delete", "deployment", "web"]).unwrap();

@@ -126,3 +126,44 @@ fn new_objects_are_created_then_unchanged_then_configured() {
         ]
     );
 }
+
+fn serving(name: &str) -> String {
+    format!(
+        "apiVersion: hsu/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  template: {{command: [x], ports: [{{name: http}}]}}\n  service: {{name: web, port: http}}\n"
+    )
+}
+
+fn refusal(yaml: &str, existing: &Existing) -> String {
+    match plan(&docs(yaml), existing, 1_000, &mut || "uid".to_string()) {
+        Ok(_) => panic!("applied: {yaml}"),
+        Err(e) => {
+            assert!(e.is_refusal(), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn a_service_has_one_deployment() {
+    let provided = Existing {
+        services: BTreeMap::from([(("default".to_string(), "web".to_string()), "web-a".to_string())]),
+        ..Existing::default()
+    };
+    let err = refusal(&serving("web-b"), &provided);
+    assert!(
+        err.contains(
+            "t.yaml: line 1: Deployment default/web-b: service \"web\" is already provided by deployment default/web-a"
+        ),
+        "{err}"
+    );
+    let err = refusal(&format!("{}---\n{}", serving("web-a"), serving("web-b")), &Existing::default());
+    assert!(err.contains("line 8: Deployment default/web-b"), "{err}");
+
+    // The provider itself may apply again, and an apply that moves the service from web-a
+    // (which no longer names it) to web-b is one change.
+    check(&serving("web-a"), &provided);
+    let moved = format!("{}---\n{}", web("x").replace("name: web}", "name: web-a}"), serving("web-b"));
+    check(&moved, &provided);
+    // Another namespace has its own services.
+    check(&serving("web-b").replace("name: web-b}", "name: web-b, namespace: other}"), &provided);
+}

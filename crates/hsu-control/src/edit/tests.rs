@@ -85,6 +85,7 @@ fn undo_goes_to_a_kept_revision_and_names_the_kept_ones_otherwise() {
         deployments: [(String::from_utf8(d1[0].key.clone()).unwrap(), d1[0].clone())].into(),
         revisions: [("default/web".to_string(), revisions.clone())].into(),
         jobs: Default::default(),
+        services: Default::default(),
     };
     let (txn, _) = apply::plan(&docs, &existing, 1_500, &mut || "uid".to_string()).unwrap();
     let mut current = d1[0].clone();
