@@ -11,6 +11,15 @@ use tonic::Status;
 /// tokens, the CA) live outside it, so no KV call can read or change them, whatever its role.
 pub const USER_PREFIX: &[u8] = hsu_model::keys::USER_KV.as_bytes();
 
+/// The namespace a request names, `default` when it names none (as kubectl does).
+pub fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        "default"
+    } else {
+        ns
+    }
+}
+
 /// A key as the KV API's client wrote it, made into a store key.
 pub fn internal(key: &[u8]) -> Vec<u8> {
     [USER_PREFIX, key].concat()

@@ -6,19 +6,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Need};
+use super::convert::namespace_or_default;
 use crate::deployments::{DeploymentView, InstanceView};
 use crate::node::Node;
 
 pub struct DeploymentsApi {
     pub node: Node,
-}
-
-fn namespace_or_default(ns: &str) -> &str {
-    if ns.is_empty() {
-        "default"
-    } else {
-        ns
-    }
 }
 
 fn info(v: &DeploymentView) -> pb::DeploymentInfo {

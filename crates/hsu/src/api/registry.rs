@@ -12,18 +12,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, Need};
+use super::convert::namespace_or_default;
 use crate::node::Node;
 
 pub struct RegistryApi {
     pub node: Node,
-}
-
-fn namespace_or_default(ns: &str) -> &str {
-    if ns.is_empty() {
-        "default"
-    } else {
-        ns
-    }
 }
 
 impl RegistryApi {
