@@ -35,10 +35,16 @@ async fn with_damaged(dir: &Path, tree: &str, key: &[u8], damage: fn(&mut Vec<u8
         db.flush().unwrap();
         original
     };
-    let err = Store::open(hsu_store::StoreConfig::new(1, dir), Router::new(1).transport(1))
-        .await
-        .err()
-        .expect("a damaged store opened without complaint");
+    // The raw handle just dropped may hold sled's lock a moment longer (its flusher thread).
+    let started = Instant::now();
+    let err = loop {
+        match Store::open(hsu_store::StoreConfig::new(1, dir), Router::new(1).transport(1)).await {
+            Err(OpenError::Locked { .. }) if started.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other.err().expect("a damaged store opened without complaint"),
+        }
+    };
     check(err);
     let db = raw(dir).await;
     db.open_tree(tree).unwrap().insert(key, original).unwrap();
